@@ -1,0 +1,3 @@
+from matricula_backup.cli import main
+
+main()

@@ -1,0 +1,241 @@
+"""Load and validate ``config.json`` from the cache directory.
+
+The file is read once per run into a frozen ``Settings``. Every problem is a
+``ConfigError`` whose message names the file, the field and what is wrong, e.g.
+``config.json: backup.roots[0]: not a directory: /images/archives``.
+
+Missing folders are not a config error: an unmounted share must not stop the
+other folders, so ``folders.py`` reports them per folder at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os.path
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from matricula_backup.errors import ConfigError
+
+CONFIG_NAME = "config.json"
+MIB = 1024 * 1024
+
+# S3 allows 10,000 parts and at least 5 MiB per part. Each part is a PUT billed at
+# Deep Archive request prices, so parts are large: a 1 GiB TIFF costs 8 part PUTs.
+DEFAULT_PART_SIZE_MB = 128
+DEFAULT_MULTIPART_THRESHOLD_MB = 128
+DEFAULT_WORKERS = 8
+
+_ALLOWED: dict[str, set[str]] = {
+    "": {"backup", "notification", "aws"},
+    "backup": {
+        "folders",
+        "roots",
+        "bucket_prefix",
+        "workers",
+        "part_size_mb",
+        "multipart_threshold_mb",
+    },
+    "notification": {"webhook"},
+    "aws": {"access_key", "secret_access_key", "region", "endpoint_url"},
+}
+_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """How to reach S3. Absent keys fall back to boto3's usual chain and env vars."""
+
+    access_key: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    region: str | None = None
+    endpoint_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs from config.json, validated."""
+
+    cache_dir: Path
+    folders: tuple[Path, ...] = ()
+    roots: tuple[Path, ...] = ()
+    bucket_prefix: str = ""
+    workers: int = DEFAULT_WORKERS
+    part_size: int = DEFAULT_PART_SIZE_MB * MIB
+    multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD_MB * MIB
+    webhook: str | None = field(default=None, repr=False)
+    aws: AwsSettings = AwsSettings()
+
+    @property
+    def config_path(self) -> Path:
+        return self.cache_dir / CONFIG_NAME
+
+
+def load_settings(cache_dir: Path) -> Settings:
+    """Read ``cache_dir/config.json`` and return validated settings."""
+    path = cache_dir / CONFIG_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: no such file. Create it with the keys described in the README "
+            '(at least {"backup": {"folders": ["/images/..."]}}).'
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{CONFIG_NAME}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
+    return parse_settings(raw, cache_dir)
+
+
+def parse_settings(raw: Any, cache_dir: Path) -> Settings:
+    """Validate the parsed JSON document; raise ConfigError naming the bad field."""
+    top = _section(raw, "")
+    backup = _section(top.get("backup", {}), "backup")
+    notification = _section(top.get("notification", {}), "notification")
+    aws = _section(top.get("aws", {}), "aws")
+
+    folders = _paths(backup, "folders")
+    roots = _paths(backup, "roots")
+    if not folders and not roots:
+        raise ConfigError(
+            f"{CONFIG_NAME}: backup: give at least one folder in backup.folders or backup.roots"
+        )
+
+    prefix = _string(backup, "backup", "bucket_prefix") or ""
+    if prefix and (
+        not _PREFIX_RE.match(prefix) or prefix.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
+    ):
+        raise ConfigError(
+            f"{CONFIG_NAME}: backup.bucket_prefix: {prefix!r} is not usable in a bucket name: "
+            "use 1-30 lowercase letters, digits or '-', starting with a letter or digit "
+            "(and not with xn--, sthree- or amzn-s3-demo-, which AWS reserves)"
+        )
+
+    webhook = _string(notification, "notification", "webhook")
+    if webhook:
+        _check_url(webhook, "notification.webhook", secret=True)
+    endpoint = _string(aws, "aws", "endpoint_url")
+    if endpoint:
+        _check_url(endpoint, "aws.endpoint_url", secret=False)
+
+    part_size = _int(backup, "part_size_mb", DEFAULT_PART_SIZE_MB, 5, 5 * 1024) * MIB
+    threshold = (
+        _int(backup, "multipart_threshold_mb", DEFAULT_MULTIPART_THRESHOLD_MB, 5, 5 * 1024) * MIB
+    )
+    return Settings(
+        cache_dir=cache_dir,
+        folders=folders,
+        roots=roots,
+        bucket_prefix=prefix,
+        workers=_int(backup, "workers", DEFAULT_WORKERS, 1, 64),
+        part_size=part_size,
+        multipart_threshold=threshold,
+        webhook=webhook or None,
+        aws=AwsSettings(
+            access_key=_string(aws, "aws", "access_key"),
+            secret_access_key=_string(aws, "aws", "secret_access_key"),
+            region=_string(aws, "aws", "region"),
+            endpoint_url=endpoint or None,
+        ),
+    )
+
+
+def redact_url(url: str) -> str:
+    """The URL without its path and query: safe to log (a webhook's ``sig=`` is a secret)."""
+    try:
+        parsed = httpx.URL(url)
+    except Exception:
+        return "<invalid URL>"
+    return f"{parsed.scheme}://{parsed.host}/…"
+
+
+def _section(value: Any, name: str) -> dict[str, Any]:
+    where = f"{CONFIG_NAME}: {name}" if name else CONFIG_NAME
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: must be a JSON object, not {_kind(value)}")
+    unknown = sorted(set(value) - _ALLOWED[name])
+    if unknown:
+        dotted = ", ".join(f"{name}.{key}" if name else key for key in unknown)
+        known = ", ".join(sorted(_ALLOWED[name]))
+        raise ConfigError(f"{where}: unknown key {dotted} (a typo? known keys: {known})")
+    return value
+
+
+def _paths(section: dict[str, Any], key: str) -> tuple[Path, ...]:
+    value = section.get(key, [])
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{CONFIG_NAME}: backup.{key}: must be a list of paths, not {_kind(value)}"
+        )
+    paths: list[Path] = []
+    for index, item in enumerate(value):
+        where = f"{CONFIG_NAME}: backup.{key}[{index}]"
+        if not isinstance(item, str) or not item:
+            raise ConfigError(f"{where}: must be a path string, not {_kind(item)}")
+        path = Path(item)
+        if not path.is_absolute():
+            raise ConfigError(f"{where}: must be an absolute path (starting with /): {item}")
+        # Keep symlinks as written (the key is the path the user knows); drop '.', '//'.
+        path = Path(os.path.normpath(item))
+        if path == Path("/"):
+            raise ConfigError(f"{where}: the file system root cannot be a backup folder")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{where}: not a directory: {item}")
+        if path in paths:
+            raise ConfigError(f"{where}: listed twice: {item}")
+        paths.append(path)
+    return tuple(paths)
+
+
+def _string(section: dict[str, Any], name: str, key: str) -> str | None:
+    value = section.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"{CONFIG_NAME}: {name}.{key}: must be a string, not {_kind(value)}")
+    return value.strip()
+
+
+def _int(section: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = section.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(
+            f"{CONFIG_NAME}: backup.{key}: must be a whole number from {low} to {high}, "
+            f"not {value!r}"
+        )
+    return value
+
+
+def _check_url(url: str, where: str, secret: bool) -> None:
+    shown = redact_url(url) if secret else url
+    try:
+        parsed = httpx.URL(url)
+    except Exception:
+        raise ConfigError(f"{CONFIG_NAME}: {where}: not a valid URL: {shown}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigError(
+            f"{CONFIG_NAME}: {where}: must be an http:// or https:// URL, not {shown}"
+        )
+
+
+def _kind(value: Any) -> str:
+    names = {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+    }
+    return "null" if value is None else names.get(type(value), type(value).__name__)

@@ -1,0 +1,138 @@
+"""Open ``state.db``: PRAGMAs for millions of rows, owner-only file mode, migrations.
+
+A real run opens the database read-write and upgrades it to the newest schema
+with alembic (the migrations ship inside the package, so this works from an
+ordinary install). A dry run must leave the file untouched: it opens it
+read-only, or works on an in-memory copy when the file is missing or older
+than this version of the tool.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.pool import StaticPool
+
+from matricula_backup.errors import DatabaseError
+
+logger = logging.getLogger(__name__)
+
+DB_NAME = "state.db"
+
+
+def open_state_db(cache_dir: Path) -> Engine:
+    """The read-write engine of a real run, at the newest schema."""
+    path = cache_dir / DB_NAME
+    try:
+        if not path.exists():
+            # Created owner-only: it lists every file of the archive.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        engine = _engine(f"sqlite+pysqlite:///{path}", wal=True)
+        upgrade(engine)
+        return engine
+    except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
+        raise DatabaseError(_explain(path, exc)) from None
+
+
+def open_state_db_for_dry_run(cache_dir: Path) -> Engine:
+    """An engine that cannot change ``state.db``; temp tables still work."""
+    path = cache_dir / DB_NAME
+    try:
+        if path.exists():
+            engine = _engine(f"sqlite+pysqlite:///file:{path}?mode=ro&uri=true", wal=False)
+            if is_current(engine):
+                return engine
+            engine.dispose()
+            logger.info("dry run: %s has an older schema; working on a copy in memory", path)
+        memory = _engine("sqlite+pysqlite://", wal=False, single=True)
+        if path.exists():
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as source:
+                raw = memory.raw_connection()
+                try:
+                    source.backup(raw.driver_connection)  # type: ignore[arg-type]
+                finally:
+                    raw.close()
+        upgrade(memory)
+        return memory
+    except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
+        raise DatabaseError(_explain(path, exc)) from None
+
+
+def migrations_dir() -> Path:
+    """The migrations shipped in the package; from a source checkout, ./migrations."""
+    try:
+        return Path(str(files("matricula_backup.migrations")))
+    except ModuleNotFoundError:
+        # Running from a source tree that is not installed (python -m in the checkout).
+        return Path(__file__).resolve().parents[2] / "migrations"
+
+
+def alembic_config() -> Config:
+    """Alembic settings pointing at the migrations shipped with the package."""
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def is_current(engine: Engine) -> bool:
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision() == head
+
+
+def upgrade(engine: Engine) -> None:
+    """Bring the schema to the newest revision (no-op when it is there already)."""
+    if is_current(engine):
+        return
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        logger.info("upgrading the state database schema")
+        command.upgrade(config, "head")
+
+
+def _engine(url: str, wal: bool, single: bool = False) -> Engine:
+    kwargs: dict[str, Any] = {}
+    if single:
+        # An in-memory database exists once per connection: keep exactly one.
+        kwargs = {"poolclass": StaticPool, "connect_args": {"check_same_thread": False}}
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB
+        cursor.execute("PRAGMA temp_store=FILE")  # scan tables of millions of rows
+        cursor.close()
+
+    return engine
+
+
+def _explain(path: Path, exc: BaseException) -> str:
+    detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if "not a database" in detail or "malformed" in detail:
+        hint = (
+            "the file is damaged. Move it aside and run with --reset to rebuild it "
+            "from the folders and the buckets"
+        )
+    elif "readonly" in detail or "Permission denied" in detail or "unable to open" in detail:
+        hint = "check that the cache directory and the file are writable by this user"
+    else:
+        hint = "see the log for details"
+    return f"{path}: cannot open the state database: {detail}; {hint}"

@@ -1,0 +1,170 @@
+"""Rows of the fixed tables: the folder -> bucket record, runs and their problems."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, func, insert, select, text, update
+
+from matricula_backup.db.schema import files_table_ddl, folders, problems, runs
+from matricula_backup.errors import FolderError
+from matricula_backup.folders import BackupFolder, bucket_name, table_name
+from matricula_backup.report import Problem, RunReport
+
+logger = logging.getLogger(__name__)
+
+KEEP_PROBLEMS_OF_RUNS = 100
+
+
+@dataclass(frozen=True)
+class FolderRecord:
+    """A backup folder as the database knows it. ``id`` is None before the first real run."""
+
+    id: int | None
+    folder: BackupFolder
+    bucket: str
+    table: str
+    bucket_ready: bool
+    table_exists: bool
+
+
+def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> FolderRecord:
+    """The recorded bucket of a folder, or the one it would get (writes nothing)."""
+    row = conn.execute(select(folders).where(folders.c.path == str(folder.path))).first()
+    if row is None:
+        bucket = bucket_name(folder.path, prefix)
+        return FolderRecord(None, folder, bucket, table_name(bucket), False, False)
+    derived = bucket_name(folder.path, prefix)
+    if derived != row.bucket:
+        logger.warning(
+            "%s: keeps its recorded bucket %s (the current backup.bucket_prefix would give %s)",
+            folder.path,
+            row.bucket,
+            derived,
+        )
+    return FolderRecord(
+        row.id,
+        folder,
+        row.bucket,
+        row.table_name,
+        row.bucket_ready_at is not None,
+        _table_exists(conn, row.table_name),
+    )
+
+
+def register_folder(conn: Connection, record: FolderRecord) -> FolderRecord:
+    """Record the folder's bucket (once, for good) and make sure its files table exists."""
+    if record.id is None:
+        taken = conn.execute(
+            select(folders.c.path).where(folders.c.bucket == record.bucket)
+        ).scalar()
+        if taken is not None:
+            raise FolderError(
+                f"bucket name {record.bucket} is already recorded for {taken}; "
+                "rename one of the folders or set backup.bucket_prefix"
+            )
+        new_id = conn.execute(
+            insert(folders).values(
+                path=str(record.folder.path),
+                bucket=record.bucket,
+                table_name=record.table,
+                created_at=int(time.time()),
+            )
+        ).inserted_primary_key
+        assert new_id is not None
+        record = FolderRecord(new_id[0], record.folder, record.bucket, record.table, False, False)
+        logger.info(
+            "%s: recorded bucket %s, table %s", record.folder.path, record.bucket, record.table
+        )
+    if not record.table_exists:
+        for statement in files_table_ddl(record.table):
+            conn.execute(text(statement))
+    conn.commit()
+    return record
+
+
+def create_empty_temp_table(conn: Connection, record: FolderRecord) -> None:
+    """Dry run of a folder never backed up: compare against an empty table."""
+    for statement in files_table_ddl(record.table, temporary=True):
+        conn.execute(text(statement))
+
+
+def mark_bucket_ready(conn: Connection, record: FolderRecord) -> None:
+    conn.execute(
+        update(folders).where(folders.c.id == record.id).values(bucket_ready_at=int(time.time()))
+    )
+    conn.commit()
+
+
+def start_run(conn: Connection, mode: str, hostname: str) -> int:
+    run_id = conn.execute(
+        insert(runs).values(
+            started_at=int(time.time()), hostname=hostname, mode=mode, outcome="running"
+        )
+    ).inserted_primary_key
+    conn.commit()
+    assert run_id is not None
+    return int(run_id[0])
+
+
+def record_problems(conn: Connection, run_id: int, found: list[Problem]) -> None:
+    if found:
+        conn.execute(
+            insert(problems),
+            [
+                {
+                    "run_id": run_id,
+                    "folder": problem.folder,
+                    "operation": problem.operation,
+                    "path": problem.path,
+                    "message": problem.message,
+                }
+                for problem in found
+            ],
+        )
+    conn.commit()
+
+
+def finish_run(conn: Connection, run_id: int, report: RunReport, outcome: str) -> None:
+    total = report.totals()
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(
+            finished_at=int(time.time()),
+            outcome=outcome,
+            files_uploaded=total.uploaded,
+            bytes_uploaded=total.bytes_uploaded,
+            files_deleted=total.deleted,
+            errors=report.error_count,
+            s3_requests=report.s3_requests,
+        )
+    )
+    # Years of nightly runs: keep the problems of the last runs only.
+    oldest_kept = conn.execute(
+        select(func.min(runs.c.id)).where(
+            runs.c.id.in_(select(runs.c.id).order_by(runs.c.id.desc()).limit(KEEP_PROBLEMS_OF_RUNS))
+        )
+    ).scalar()
+    if oldest_kept is not None:
+        conn.execute(delete(problems).where(problems.c.run_id < oldest_kept))
+    conn.commit()
+
+
+def drop_files_tables(conn: Connection) -> list[str]:
+    """--reset: drop every folder's files table (the bucket records stay)."""
+    names = [row.table_name for row in conn.execute(select(folders.c.table_name))]
+    for name in names:
+        conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+    conn.commit()
+    return names
+
+
+def _table_exists(conn: Connection, name: str) -> bool:
+    found = conn.execute(
+        text("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = :name"),
+        {"name": name},
+    ).first()
+    return found is not None

@@ -1,0 +1,110 @@
+"""Tables of ``state.db`` (SQLAlchemy Core).
+
+Fixed tables (created and upgraded by the alembic migrations in ``migrations/``):
+
+- ``folders``: one row per backup folder: its path, its bucket (derived once,
+  then always read from here) and the name of its files table.
+- ``runs``: one row per real run (dry runs write nothing): when, outcome, counts.
+- ``problems``: every error met by a run, with its folder, file and message.
+
+One files table per backup folder, named ``files_<bucket with _ for ->``. Its
+rows are the files of that folder as last scanned and as last confirmed by S3.
+These tables are created at run time from ``files_table()``; a migration that
+changes their shape must loop over ``folders.table_name``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+folders = Table(
+    "folders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("path", Text, nullable=False, unique=True),
+    Column("bucket", Text, nullable=False, unique=True),
+    Column("table_name", Text, nullable=False, unique=True),
+    Column("created_at", Integer, nullable=False),  # unix seconds
+    # When this tool created (or adopted) the bucket and applied its settings.
+    Column("bucket_ready_at", Integer),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", Integer, nullable=False),
+    Column("finished_at", Integer),
+    Column("hostname", Text, nullable=False),
+    Column("mode", Text, nullable=False),  # backup | reset
+    Column("outcome", Text, nullable=False),  # running | ok | errors | failed | interrupted
+    Column("files_uploaded", Integer, nullable=False, server_default=text("0")),
+    Column("bytes_uploaded", Integer, nullable=False, server_default=text("0")),
+    Column("files_deleted", Integer, nullable=False, server_default=text("0")),
+    Column("errors", Integer, nullable=False, server_default=text("0")),
+    Column("s3_requests", Integer, nullable=False, server_default=text("0")),
+)
+
+problems = Table(
+    "problems",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("folder", Text, nullable=False),
+    Column("operation", Text, nullable=False),  # config | scan | bucket | upload | delete | notify
+    Column("path", Text),
+    Column("message", Text, nullable=False),
+    Index("ix_problems_run_id", "run_id"),
+)
+
+# States of a file row.
+PENDING = "pending"  # new or changed on disk, not yet confirmed by S3
+BACKED_UP = "backed_up"  # S3 confirmed an upload of exactly this size and mtime
+FAILED = "failed"  # the last upload attempt failed; retried next run
+
+
+def files_table_ddl(name: str, temporary: bool = False) -> list[str]:
+    """CREATE statements of one backup folder's files table.
+
+    Kept as plain SQL: it is the schema people read in the README, and the hot
+    paths (scan, queues) are plain SQL over it too. A dry run of a folder that
+    has no table yet uses an empty temporary one of the same name.
+    """
+    temp = "TEMP " if temporary else ""
+    return [
+        f"""CREATE {temp}TABLE IF NOT EXISTS "{name}" (
+    path        TEXT PRIMARY KEY,   -- relative to the backup folder, '/'-separated
+    size        INTEGER NOT NULL,   -- bytes: as uploaded if backed_up, else as last scanned
+    mtime_ns    INTEGER NOT NULL,   -- modification time, ns since 1970 (same rule as size)
+    state       TEXT NOT NULL,      -- pending | backed_up | failed
+    version_id  TEXT,               -- S3 version id of the last confirmed upload
+    sha256      BLOB,               -- SHA-256 of the bytes of that upload (32 bytes)
+    uploaded_at INTEGER,            -- when S3 confirmed it, unix seconds
+    error       TEXT                -- last upload/delete error; NULL once resolved
+) WITHOUT ROWID""",
+        f"""CREATE INDEX IF NOT EXISTS "ix_{name}_not_backed_up"
+    ON "{name}" (state) WHERE state != 'backed_up'""",
+    ]
+
+
+__all__ = [
+    "BACKED_UP",
+    "FAILED",
+    "PENDING",
+    "files_table_ddl",
+    "folders",
+    "metadata",
+    "problems",
+    "runs",
+]

@@ -1,0 +1,42 @@
+"""One run at a time per cache directory.
+
+The first upload of a large archive can run for days while cron starts a new
+run every night. The lock is an ``flock`` on ``DIR/lock``: the kernel releases
+it when the process ends, however it ends, so a crash never leaves it stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from matricula_backup.errors import LockHeld
+
+LOCK_NAME = "lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(cache_dir: Path) -> Iterator[None]:
+    path = cache_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise LockHeld(
+                f"{path}: another matricula-backup run holds the lock ({holder}); "
+                "this run exits without doing anything. It is normal while a long "
+                "first upload is running; if no such process exists, check the host"
+            ) from None
+        os.ftruncate(fd, 0)
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,121 @@
+"""The Teams message sent at the end of a run with errors.
+
+One payload works for both kinds of Teams webhook: the message envelope with
+an Adaptive Card (version 1.4) inside, which the retiring Office 365
+connectors and the Workflows (Power Automate) webhooks both accept. The card
+stays under Teams' 28 KB limit by listing only the first errors.
+
+The webhook URL carries its credential in the query (``sig=``): it is never
+logged; httpx errors are reported by type and host only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from matricula_backup.config import redact_url
+from matricula_backup.report import RunReport, human_bytes
+
+logger = logging.getLogger(__name__)
+
+MAX_PAYLOAD_BYTES = 27_000  # Teams refuses messages over 28 KB
+MAX_LISTED_ERRORS = 25
+TIMEOUT_SECONDS = 15.0
+
+
+def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
+    """The message envelope with an Adaptive Card summarising the run."""
+    total = report.totals()
+    facts = [
+        {"title": "Host", "value": report.hostname},
+        {"title": "Folders", "value": str(len(report.folders))},
+        {"title": "Errors", "value": str(report.error_count)},
+        {
+            "title": "Uploaded",
+            "value": f"{total.uploaded} files ({human_bytes(total.bytes_uploaded)})",
+        },
+        {"title": "Deleted", "value": str(total.deleted)},
+        {"title": "Log", "value": str(log_path)},
+    ]
+    failing = sorted({problem.folder for problem in report.problems})
+    body: list[dict[str, Any]] = [
+        {
+            "type": "TextBlock",
+            "size": "Large",
+            "weight": "Bolder",
+            "color": "Attention",
+            "wrap": True,
+            "text": f"Matricula backup on {report.hostname}: {report.error_count} errors",
+        },
+        {"type": "FactSet", "facts": facts},
+        {"type": "TextBlock", "weight": "Bolder", "wrap": True, "text": "Folders with errors"},
+        {"type": "TextBlock", "wrap": True, "text": "\n".join(f"- {f}" for f in failing[:20])},
+        {"type": "TextBlock", "weight": "Bolder", "wrap": True, "text": "First errors"},
+    ]
+    for problem in report.problems[:MAX_LISTED_ERRORS]:
+        body.append(
+            {
+                "type": "TextBlock",
+                "wrap": True,
+                "spacing": "Small",
+                "fontType": "Monospace",
+                "size": "Small",
+                "text": str(problem)[:500],
+            }
+        )
+    more = report.error_count - MAX_LISTED_ERRORS
+    body.append(
+        {
+            "type": "TextBlock",
+            "wrap": True,
+            "isSubtle": True,
+            "text": (f"…and {more} more. " if more > 0 else "")
+            + "Files that failed are tried again on the next run. Details: the log above, or "
+            "`SELECT * FROM problems WHERE run_id = (SELECT max(id) FROM runs)` in state.db.",
+        }
+    )
+    card = {
+        "type": "message",
+        "attachments": [
+            {
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": None,
+                "content": {
+                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                    "type": "AdaptiveCard",
+                    "version": "1.4",
+                    "msteams": {"width": "Full"},
+                    "body": body,
+                },
+            }
+        ],
+    }
+    # Long paths could still push it over the limit: drop error lines until it fits.
+    while len(json.dumps(card).encode()) > MAX_PAYLOAD_BYTES and len(body) > 6:
+        body.pop(-2)
+    return card
+
+
+def send(webhook: str, payload: dict[str, Any]) -> bool:
+    """POST the payload; True if Teams took it. Never raises, never logs the URL."""
+    where = redact_url(webhook)
+    try:
+        response = httpx.post(webhook, json=payload, timeout=TIMEOUT_SECONDS)
+    except httpx.HTTPError as exc:
+        logger.error("Teams notification to %s failed: %s", where, type(exc).__name__)
+        return False
+    text = response.text.strip()
+    # Connectors answer 200 "1"; Workflows answer 202 with no body. Connectors may
+    # also answer 200 with an error text instead of "1".
+    if response.status_code == 202 or (response.status_code == 200 and text in ("", "1")):
+        logger.info("Teams notification sent to %s", where)
+        return True
+    logger.error(
+        "Teams notification to %s was refused: HTTP %d %s", where, response.status_code, text[:200]
+    )
+    return False

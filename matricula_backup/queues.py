@@ -1,0 +1,221 @@
+"""The work queues of one backup folder, as SQL set differences.
+
+Inputs: the folder's files table (what S3 confirmed) and ``temp.scan`` (what is
+on disk now). Outputs, as temporary tables:
+
+- ``upload_queue``: files on disk with no confirmed upload of this exact size
+  and mtime (new, changed, or failed before);
+- ``delete_queue``: rows of files no longer on disk, except below anything the
+  scan could not read. ``in_bucket`` says whether S3 holds a version of it;
+  rows never uploaded are simply forgotten.
+
+The worker drains the queues in batches and records each result here. No S3
+and no threads in this module: only SQL.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from matricula_backup.db.schema import BACKED_UP, FAILED, PENDING
+
+
+@dataclass(frozen=True)
+class QueueSizes:
+    uploads: int
+    upload_bytes: int
+    deletes: int  # objects to delete from the bucket
+    delete_bytes: int
+    forget: int  # rows of vanished files that never reached the bucket
+    new: int  # uploads that are new files (the rest are changed or retried)
+
+
+@dataclass(frozen=True)
+class UploadItem:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    """S3 confirmed an upload of exactly these bytes."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    version_id: str | None
+    sha256: bytes
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    """The latest version of an object, as listed from the bucket."""
+
+    path: str  # relative to the backup folder
+    size: int
+    last_modified: int  # unix seconds
+    version_id: str | None
+
+
+def build_queues(conn: Connection, table: str) -> QueueSizes:
+    """Compute ``upload_queue`` and ``delete_queue`` from the scan and the files table."""
+    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.upload_queue")
+    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.delete_queue")
+    conn.exec_driver_sql(
+        f"""CREATE TEMP TABLE upload_queue AS
+        SELECT s.path, s.size, s.mtime_ns, f.path IS NULL AS is_new
+        FROM temp.scan AS s LEFT JOIN "{table}" AS f ON f.path = s.path
+        WHERE f.path IS NULL OR f.state != '{BACKED_UP}'
+           OR f.size != s.size OR f.mtime_ns != s.mtime_ns
+        ORDER BY s.path"""
+    )
+    conn.exec_driver_sql(
+        f"""CREATE TEMP TABLE delete_queue AS
+        SELECT f.path, f.size, f.uploaded_at IS NOT NULL AS in_bucket
+        FROM "{table}" AS f
+        WHERE NOT EXISTS (SELECT 1 FROM temp.scan AS s WHERE s.path = f.path)
+          AND NOT EXISTS (
+              SELECT 1 FROM temp.unscanned AS u
+              WHERE f.path = u.path
+                 OR (substr(f.path, 1, length(u.path)) = u.path
+                     AND (u.path = '' OR substr(u.path, -1) = '/')))
+        ORDER BY f.path"""
+    )
+    up = conn.exec_driver_sql(
+        "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(is_new), 0) FROM temp.upload_queue"
+    ).one()
+    down = conn.exec_driver_sql(
+        "SELECT coalesce(sum(in_bucket), 0), coalesce(sum(size * in_bucket), 0), "
+        "coalesce(sum(1 - in_bucket), 0) FROM temp.delete_queue"
+    ).one()
+    return QueueSizes(
+        uploads=up[0],
+        upload_bytes=up[1],
+        new=up[2],
+        deletes=down[0],
+        delete_bytes=down[1],
+        forget=down[2],
+    )
+
+
+def backed_up_count(conn: Connection, table: str) -> int:
+    return int(
+        conn.exec_driver_sql(
+            f"SELECT count(*) FROM \"{table}\" WHERE state = '{BACKED_UP}'"
+        ).scalar_one()
+    )
+
+
+def apply_scan(conn: Connection, table: str) -> None:
+    """Mark new and changed files pending and forget vanished never-uploaded ones."""
+    conn.exec_driver_sql(
+        f"""INSERT INTO "{table}" (path, size, mtime_ns, state)
+        SELECT path, size, mtime_ns, '{PENDING}' FROM temp.upload_queue WHERE true
+        ON CONFLICT (path) DO UPDATE SET
+            state = CASE WHEN size = excluded.size AND mtime_ns = excluded.mtime_ns
+                         AND state != '{BACKED_UP}' THEN state ELSE '{PENDING}' END,
+            size = excluded.size,
+            mtime_ns = excluded.mtime_ns"""
+    )
+    conn.exec_driver_sql(
+        f"""DELETE FROM "{table}" WHERE path IN
+        (SELECT path FROM temp.delete_queue WHERE NOT in_bucket)"""
+    )
+    conn.commit()
+
+
+def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObject]]) -> int:
+    """After --reset (or a lost state.db): trust what the bucket already holds.
+
+    An object counts as the backup of a file when it has the same size and was
+    uploaded no earlier than the file's mtime (second resolution). Objects of
+    files no longer on disk get a row too, so the delete queue removes them.
+    Returns how many files on disk were found already in the bucket.
+    """
+    for page in listing:
+        conn.exec_driver_sql(
+            f"""INSERT INTO "{table}" (path, size, mtime_ns, state, version_id, uploaded_at)
+            SELECT ?1, ?2, coalesce(s.mtime_ns, 0),
+                   CASE WHEN s.path IS NULL THEN '{BACKED_UP}'
+                        WHEN s.size = ?2 AND s.mtime_ns < (?3 + 1) * 1000000000
+                             THEN '{BACKED_UP}'
+                        ELSE '{PENDING}' END,
+                   ?4, ?3
+            FROM (SELECT 1) LEFT JOIN temp.scan AS s ON s.path = ?1
+            WHERE true
+            ON CONFLICT (path) DO NOTHING""",
+            [(item.path, item.size, item.last_modified, item.version_id) for item in page],
+        )
+        conn.commit()
+    adopted = conn.exec_driver_sql(
+        f"""SELECT count(*) FROM "{table}" AS f JOIN temp.scan AS s ON s.path = f.path
+        WHERE f.state = '{BACKED_UP}'"""
+    ).scalar_one()
+    return int(adopted)
+
+
+def upload_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[UploadItem]]:
+    """Stream ``upload_queue`` in path order, a batch at a time (keyset paging)."""
+    last_rowid = 0
+    while True:
+        rows = conn.exec_driver_sql(
+            "SELECT rowid, path, size, mtime_ns FROM temp.upload_queue "
+            "WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (last_rowid, batch_size),
+        ).all()
+        if not rows:
+            return
+        last_rowid = rows[-1][0]
+        yield [UploadItem(row[1], row[2], row[3]) for row in rows]
+
+
+def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[str]]:
+    """Stream the paths to delete from the bucket, ``batch_size`` at a time."""
+    last_rowid = 0
+    while True:
+        rows = conn.exec_driver_sql(
+            "SELECT rowid, path FROM temp.delete_queue WHERE in_bucket AND rowid > ? "
+            "ORDER BY rowid LIMIT ?",
+            (last_rowid, batch_size),
+        ).all()
+        if not rows:
+            return
+        last_rowid = rows[-1][0]
+        yield [row[1] for row in rows]
+
+
+def record_uploaded(conn: Connection, table: str, done: list[Uploaded]) -> None:
+    if done:
+        now = int(time.time())
+        conn.exec_driver_sql(
+            f"""UPDATE "{table}" SET size = ?, mtime_ns = ?, state = '{BACKED_UP}',
+            version_id = ?, sha256 = ?, uploaded_at = ?, error = NULL WHERE path = ?""",
+            [(d.size, d.mtime_ns, d.version_id, d.sha256, now, d.path) for d in done],
+        )
+
+
+def record_failed(conn: Connection, table: str, failed: list[tuple[str, str]]) -> None:
+    """(path, message) of uploads that did not succeed; retried next run."""
+    if failed:
+        conn.exec_driver_sql(
+            f"UPDATE \"{table}\" SET state = '{FAILED}', error = ? WHERE path = ?",
+            [(message, path) for path, message in failed],
+        )
+
+
+def record_deleted(conn: Connection, table: str, paths: list[str]) -> None:
+    if paths:
+        conn.exec_driver_sql(f'DELETE FROM "{table}" WHERE path = ?', [(p,) for p in paths])
+
+
+def record_delete_failed(conn: Connection, table: str, failed: list[tuple[str, str]]) -> None:
+    if failed:
+        conn.exec_driver_sql(
+            f'UPDATE "{table}" SET error = ? WHERE path = ?',
+            [(message, path) for path, message in failed],
+        )

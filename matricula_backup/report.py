@@ -1,0 +1,137 @@
+"""What a run did: per-folder counts, the problems met, and the text of the summary.
+
+Every stage appends to these plain objects; ``cli.py`` prints them, ``notify.py``
+turns them into a Teams card and ``run.py`` records them in the database.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that went wrong with one file or folder. The run goes on."""
+
+    folder: str
+    operation: str  # config, scan, bucket, upload, delete, notify
+    message: str
+    path: str | None = None  # the file or directory concerned, if any
+
+    def __str__(self) -> str:
+        where = self.path or self.folder
+        return f"{self.operation}: {where}: {self.message}"
+
+
+@dataclass
+class FolderReport:
+    """Counts for one backup folder in one run."""
+
+    folder: str
+    bucket: str
+    files_seen: int = 0
+    bytes_seen: int = 0
+    to_upload: int = 0
+    bytes_to_upload: int = 0
+    to_delete: int = 0
+    bytes_to_delete: int = 0
+    uploaded: int = 0
+    bytes_uploaded: int = 0
+    deleted: int = 0
+    already_in_bucket: int = 0  # matched by a --reset against the bucket listing
+    errors: int = 0
+
+
+@dataclass
+class RunReport:
+    """The whole run: what each folder did and every problem met."""
+
+    dry_run: bool = False
+    reset: bool = False
+    hostname: str = field(default_factory=socket.gethostname)
+    folders: list[FolderReport] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    s3_requests: int = 0
+    interrupted: bool = False
+
+    @property
+    def error_count(self) -> int:
+        return len(self.problems)
+
+    def add_problem(self, problem: Problem, report: FolderReport | None = None) -> None:
+        self.problems.append(problem)
+        if report is not None:
+            report.errors += 1
+
+    def totals(self) -> FolderReport:
+        total = FolderReport(folder="all", bucket="")
+        for report in self.folders:
+            for name in (
+                "files_seen",
+                "bytes_seen",
+                "to_upload",
+                "bytes_to_upload",
+                "to_delete",
+                "bytes_to_delete",
+                "uploaded",
+                "bytes_uploaded",
+                "deleted",
+                "already_in_bucket",
+            ):
+                setattr(total, name, getattr(total, name) + getattr(report, name))
+        total.errors = self.error_count
+        return total
+
+
+def human_bytes(count: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def folder_line(report: FolderReport, dry_run: bool) -> str:
+    """One line per backup folder, for stdout and the log."""
+    if dry_run:
+        return (
+            f"{report.folder} -> s3://{report.bucket}: would upload {report.to_upload} files "
+            f"({human_bytes(report.bytes_to_upload)}), would delete {report.to_delete} files "
+            f"({human_bytes(report.bytes_to_delete)}); {report.files_seen} files "
+            f"({human_bytes(report.bytes_seen)}) on disk"
+        )
+    line = (
+        f"{report.folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
+        f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"
+        f"{report.to_delete}; {report.files_seen} files ({human_bytes(report.bytes_seen)}) "
+        f"on disk"
+    )
+    if report.already_in_bucket:
+        line += f"; {report.already_in_bucket} found already in the bucket"
+    if report.errors:
+        line += f"; {report.errors} errors"
+    return line
+
+
+def run_line(run: RunReport) -> str:
+    """The one-line summary of the whole run."""
+    total = run.totals()
+    verb = "dry run" if run.dry_run else "backup"
+    state = "interrupted" if run.interrupted else ("done with errors" if run.problems else "done")
+    if run.dry_run:
+        work = (
+            f"would upload {total.to_upload} files ({human_bytes(total.bytes_to_upload)}), "
+            f"would delete {total.to_delete}"
+        )
+    else:
+        work = (
+            f"uploaded {total.uploaded} files ({human_bytes(total.bytes_uploaded)}), "
+            f"deleted {total.deleted}, {run.s3_requests} S3 requests"
+        )
+    return (
+        f"{verb} {state}: {len(run.folders)} folders, {total.files_seen} files; {work}; "
+        f"{run.error_count} errors"
+    )

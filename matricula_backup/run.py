@@ -1,0 +1,183 @@
+"""One backup run, stage by stage.
+
+    config -> backup folders -> scan into SQLite -> queues -> S3 worker -> report
+
+Each stage reads what the previous one wrote. The database is the only
+hand-over between scan and worker, which is what makes a run resumable: the
+next run scans again and finds in the files tables what S3 already confirmed.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import Connection, Engine
+
+from matricula_backup import queues, s3, worker
+from matricula_backup.config import Settings
+from matricula_backup.db import records
+from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
+from matricula_backup.errors import FolderError
+from matricula_backup.folders import BackupFolder, backup_folders
+from matricula_backup.report import FolderReport, Problem, RunReport, folder_line
+from matricula_backup.scan import scan_folder
+
+logger = logging.getLogger(__name__)
+
+
+class _LazyStore:
+    """The S3 client is built only when a folder has work: no work, no request."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: s3.Store | None = None
+        self.warned: set[str] = set()
+
+    def get(self) -> s3.Store:
+        if self.store is None:
+            self.store = s3.connect(self.settings)
+        return self.store
+
+    @property
+    def requests(self) -> int:
+        return self.store.counter.total if self.store else 0
+
+
+def run_backup(settings: Settings, dry_run: bool = False, reset: bool = False) -> RunReport:
+    """Back up every folder; problems are collected in the report, never raised per file."""
+    report = RunReport(dry_run=dry_run, reset=reset)
+    folders, problems = backup_folders(settings)
+    for problem in problems:
+        report.add_problem(problem)
+    engine: Engine = (
+        open_state_db_for_dry_run(settings.cache_dir)
+        if dry_run
+        else open_state_db(settings.cache_dir)
+    )
+    store = _LazyStore(settings)
+    try:
+        with engine.connect() as conn:
+            run_id = None
+            if not dry_run:
+                run_id = records.start_run(conn, "reset" if reset else "backup", report.hostname)
+                if reset:
+                    dropped = records.drop_files_tables(conn)
+                    logger.info("--reset: dropped %d files tables; rebuilding them", len(dropped))
+            outcome = "failed"
+            try:
+                for folder in folders:
+                    _backup_folder(conn, settings, folder, store, report, dry_run, reset)
+                outcome = "errors" if report.problems else "ok"
+            except KeyboardInterrupt:
+                report.interrupted = True
+                outcome = "interrupted"
+                raise
+            finally:
+                report.s3_requests = store.requests
+                if run_id is not None:
+                    conn.rollback()
+                    records.record_problems(conn, run_id, report.problems)
+                    records.finish_run(conn, run_id, report, outcome)
+    finally:
+        engine.dispose()
+    if store.store is not None:
+        logger.info("S3 requests by operation: %s", dict(store.store.counter.by_operation))
+    return report
+
+
+def _backup_folder(
+    conn: Connection,
+    settings: Settings,
+    folder: BackupFolder,
+    store: _LazyStore,
+    run: RunReport,
+    dry_run: bool,
+    reset: bool,
+) -> None:
+    record = records.lookup_folder(conn, folder, settings.bucket_prefix)
+    report = FolderReport(folder=str(folder.path), bucket=record.bucket)
+    run.folders.append(report)
+    source = str(folder.path)
+    if not folder.path.is_dir():
+        run.add_problem(
+            Problem(
+                source,
+                "scan",
+                f"{folder.source}: folder missing (not mounted?): {source}; "
+                "nothing is uploaded or deleted for it this run",
+            ),
+            report,
+        )
+        return
+    try:
+        # A table that is new this run (first run, --reset, lost state.db) starts
+        # from what the bucket holds; a dry run uses an empty temporary table.
+        fresh_table = reset or not record.table_exists
+        if not dry_run:
+            record = records.register_folder(conn, record)
+        elif fresh_table:
+            records.create_empty_temp_table(conn, record)
+
+        scanned = scan_folder(conn, folder)
+        report.files_seen, report.bytes_seen = scanned.files, scanned.bytes
+        for problem in scanned.problems:
+            run.add_problem(problem, report)
+        if scanned.skipped_special:
+            logger.info(
+                "%s: skipped %d symlinks and special files", source, scanned.skipped_special
+            )
+
+        if fresh_table:
+            adopted = queues.adopt_listing(
+                conn, record.table, s3.list_latest(store.get(), record.bucket, folder.key_prefix)
+            )
+            report.already_in_bucket = adopted
+
+        sizes = queues.build_queues(conn, record.table)
+        report.to_upload, report.bytes_to_upload = sizes.uploads, sizes.upload_bytes
+        report.to_delete, report.bytes_to_delete = sizes.deletes, sizes.delete_bytes
+        if sizes.deletes and scanned.files == 0:
+            # An empty folder where files were backed up is far more likely an
+            # unmounted share than a deliberate deletion of everything.
+            run.add_problem(
+                Problem(
+                    source,
+                    "scan",
+                    f"folder is empty but {sizes.deletes} files of it are "
+                    "in the bucket; nothing is deleted. Check that it is mounted",
+                ),
+                report,
+            )
+            conn.exec_driver_sql("DELETE FROM temp.delete_queue")
+            report.to_delete = report.bytes_to_delete = 0
+        logger.info(
+            "%s: %d files on disk; %d to upload (%d new), %d to delete",
+            source,
+            scanned.files,
+            sizes.uploads,
+            sizes.new,
+            report.to_delete,
+        )
+        if dry_run:
+            return
+        queues.apply_scan(conn, record.table)
+        if report.to_upload == 0 and report.to_delete == 0:
+            return
+        for repaired in s3.prepare_bucket(
+            store.get(), record.bucket, record.bucket_ready, store.warned
+        ):
+            run.add_problem(Problem(source, "bucket", repaired), report)
+        if not record.bucket_ready:
+            records.mark_bucket_ready(conn, record)
+        worker.upload_all(conn, store.get(), record, settings.workers, report, run)
+        worker.delete_all(conn, store.get(), record, report, run)
+    except FolderError as exc:
+        run.add_problem(Problem(source, "bucket", str(exc)), report)
+        conn.rollback()
+    except s3.S3_ERRORS as exc:
+        run.add_problem(
+            Problem(source, "bucket", f"s3://{record.bucket}: {s3.describe(exc)}"), report
+        )
+        conn.rollback()
+    finally:
+        logger.info("%s", folder_line(report, dry_run))

@@ -1,0 +1,444 @@
+"""Everything that talks to S3: the client, buckets, uploads, deletes, listings.
+
+One boto3 client is built per run and shared by the worker threads (clients
+are thread-safe). Every upload sends the SHA-256 of its bytes, which S3 checks
+(BadDigest on a mismatch); the checksum S3 answers is compared too, for servers
+that do not check. The file's mtime and SHA-256 go into the object metadata at
+upload time: archived objects cannot be changed later without a new upload.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import stat
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from matricula_backup.config import Settings
+from matricula_backup.errors import FolderError
+from matricula_backup.queues import ListedObject, Uploaded
+
+logger = logging.getLogger(__name__)
+
+STORAGE_CLASS = "DEEP_ARCHIVE"
+NONCURRENT_DAYS = 180
+ABORT_MULTIPART_DAYS = 7
+READ_CHUNK = 8 * 1024 * 1024
+LIFECYCLE_RULES: list[dict[str, Any]] = [
+    {
+        "ID": "matricula-backup-noncurrent",
+        "Status": "Enabled",
+        "Filter": {},
+        "NoncurrentVersionExpiration": {"NoncurrentDays": NONCURRENT_DAYS},
+        "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": ABORT_MULTIPART_DAYS},
+    },
+    {
+        # Cannot share a rule with Days/Date: a rule of its own.
+        "ID": "matricula-backup-delete-markers",
+        "Status": "Enabled",
+        "Filter": {},
+        "Expiration": {"ExpiredObjectDeleteMarker": True},
+    },
+]
+_NOT_SUPPORTED = {"NotImplemented", "NotImplementedError", "MethodNotAllowed", "501"}
+
+
+class FileChanged(Exception):
+    """The file changed while it was read: nothing is recorded, it stays queued."""
+
+
+class RequestCounter:
+    """Counts HTTP requests sent to S3 (each retry counts), by operation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.by_operation: Counter[str] = Counter()
+
+    def __call__(self, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        with self._lock:
+            self.by_operation[operation] += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_operation.values())
+
+
+@dataclass(frozen=True)
+class Store:
+    """The shared client plus what every S3 call needs to know."""
+
+    client: Any
+    region: str
+    counter: RequestCounter
+    part_size: int
+    multipart_threshold: int
+
+
+def connect(settings: Settings) -> Store:
+    """Build the run's one S3 client. Makes no request."""
+    aws = settings.aws
+    session = boto3.session.Session(
+        aws_access_key_id=aws.access_key or None,
+        aws_secret_access_key=aws.secret_access_key or None,
+        region_name=aws.region or None,
+    )
+    endpoint = (
+        aws.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 6},
+        max_pool_connections=settings.workers + 4,
+        connect_timeout=20,
+        read_timeout=300,
+        # We send our own SHA-256; no extra CRC32 that some S3 servers reject.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if endpoint else {},
+    )
+    client = session.client("s3", endpoint_url=endpoint or None, config=config)
+    counter = RequestCounter()
+    client.meta.events.register("before-send.s3", counter)
+    region = client.meta.region_name or "us-east-1"
+    return Store(client, region, counter, settings.part_size, settings.multipart_threshold)
+
+
+def describe(exc: BaseException) -> str:
+    """A short, secret-free text for an S3 error."""
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = error.get("Code", "?")
+        message = error.get("Message") or ""
+        operation = getattr(exc, "operation_name", "")
+        return f"{operation} failed: {code} {message}".strip()
+    if isinstance(exc, BotoCoreError | OSError):
+        return f"{type(exc).__name__}: {exc}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+# --- buckets ---------------------------------------------------------------------------------
+
+
+S3_ERRORS = (ClientError, BotoCoreError)
+
+
+def prepare_bucket(store: Store, bucket: str, known_ready: bool, warned: set[str]) -> list[str]:
+    """Make sure the bucket exists and has its settings; return what had to be repaired.
+
+    A bucket this tool set up before is only checked (versioning, lifecycle) and
+    repaired if someone changed it. Otherwise it is created, or adopted when it
+    already exists and is ours. Raises FolderError when it cannot be used.
+    """
+    warnings: list[str] = []
+    client = store.client
+    if known_ready:
+        try:
+            versioning = client.get_bucket_versioning(Bucket=bucket).get("Status")
+        except ClientError as exc:
+            if error_code(exc) != "NoSuchBucket":
+                raise FolderError(f"bucket {bucket}: {describe(exc)}") from None
+            warnings.append(
+                f"bucket {bucket} was gone (deleted by hand?) and is created again; "
+                "files recorded as backed up in it must be uploaded again (run with --reset)"
+            )
+            known_ready = False
+        else:
+            if versioning != "Enabled":
+                warnings.append(
+                    f"bucket {bucket}: versioning was {versioning or 'off'}; enabled again"
+                )
+                _put_versioning(client, bucket)
+            if not _lifecycle_ok(client, bucket):
+                warnings.append(f"bucket {bucket}: lifecycle rules were changed; restored")
+                _put_lifecycle(client, bucket)
+            return warnings
+    _create(store, bucket)
+    _put_versioning(client, bucket)
+    _put_lifecycle(client, bucket)
+    _optional(
+        lambda: client.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        ),
+        "public access block",
+        warned,
+        warnings,
+    )
+    _optional(
+        lambda: client.put_bucket_encryption(
+            Bucket=bucket,
+            ServerSideEncryptionConfiguration={
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+            },
+        ),
+        "default encryption",
+        warned,
+        warnings,
+    )
+    return warnings
+
+
+def _create(store: Store, bucket: str) -> None:
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if store.region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": store.region}
+    try:
+        store.client.create_bucket(**kwargs)
+        logger.info("created bucket %s in %s", bucket, store.region)
+    except ClientError as exc:
+        code = error_code(exc)
+        if code == "BucketAlreadyOwnedByYou":
+            logger.info("bucket %s exists and is ours: reusing it", bucket)
+        elif code == "BucketAlreadyExists":
+            raise FolderError(
+                f"bucket name {bucket} is taken by another AWS account. Set "
+                "backup.bucket_prefix in config.json to a prefix of your own (e.g. your "
+                "organisation's name) and run again"
+            ) from None
+        else:
+            raise FolderError(f"cannot create bucket {bucket}: {describe(exc)}") from None
+    except BotoCoreError as exc:
+        raise FolderError(f"cannot create bucket {bucket}: {describe(exc)}") from None
+
+
+def _put_versioning(client: Any, bucket: str) -> None:
+    try:
+        client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    except (ClientError, BotoCoreError) as exc:
+        # Without versioning a deletion or overwrite loses data at once: do not upload.
+        raise FolderError(f"cannot enable versioning on bucket {bucket}: {describe(exc)}") from None
+
+
+def _put_lifecycle(client: Any, bucket: str) -> None:
+    try:
+        client.put_bucket_lifecycle_configuration(
+            Bucket=bucket, LifecycleConfiguration={"Rules": LIFECYCLE_RULES}
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise FolderError(
+            f"cannot set the lifecycle rules of bucket {bucket}: {describe(exc)}"
+        ) from None
+
+
+def _lifecycle_ok(client: Any, bucket: str) -> bool:
+    try:
+        rules = client.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
+    except ClientError as exc:
+        if error_code(exc) == "NoSuchLifecycleConfiguration":
+            return False
+        raise FolderError(f"bucket {bucket}: {describe(exc)}") from None
+    have = {rule.get("ID"): rule for rule in rules}
+    for wanted in LIFECYCLE_RULES:
+        rule = have.get(wanted["ID"])
+        if rule is None or rule.get("Status") != "Enabled":
+            return False
+        for key in ("NoncurrentVersionExpiration", "AbortIncompleteMultipartUpload", "Expiration"):
+            if key in wanted and rule.get(key) != wanted[key]:
+                return False
+    return True
+
+
+def _optional(call: Any, feature: str, warned: set[str], warnings: list[str]) -> None:
+    """Bucket settings some S3-compatible servers lack: warn once per run and go on."""
+    try:
+        call()
+    except ClientError as exc:
+        code = error_code(exc)
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in _NOT_SUPPORTED or status in ("501", "405"):
+            if feature not in warned:
+                warned.add(feature)
+                logger.warning(
+                    "this S3 server does not support %s (%s); going on without it", feature, code
+                )
+            return
+        raise FolderError(f"cannot set {feature}: {describe(exc)}") from None
+
+
+# --- objects ---------------------------------------------------------------------------------
+
+
+def upload(store: Store, bucket: str, key: str, path: str, rel: str) -> Uploaded:
+    """Upload one file as it is now; raise FileChanged if it changes while read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        if not stat.S_ISREG(before.st_mode):
+            raise FileChanged("is no longer a regular file")
+        if before.st_size < store.multipart_threshold:
+            data = handle.read()
+            digest = hashlib.sha256(data).digest()
+            _check_unchanged(path, before, len(data))
+            response = store.client.put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                StorageClass=STORAGE_CLASS,
+                Metadata=_metadata(before.st_mtime_ns, digest),
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=_b64(digest),
+            )
+            _check_echo(response, digest, key)
+        else:
+            digest, response = _multipart(store, bucket, key, path, handle, before)
+        version_id = response.get("VersionId")
+    return Uploaded(rel, before.st_size, before.st_mtime_ns, version_id, digest)
+
+
+def _multipart(
+    store: Store, bucket: str, key: str, path: str, handle: Any, before: os.stat_result
+) -> tuple[bytes, dict[str, Any]]:
+    # The whole-file SHA-256 goes into the metadata, which is set when the upload
+    # starts: hash first, then send the parts (each with its own checksum).
+    whole = hashlib.sha256()
+    while chunk := handle.read(READ_CHUNK):
+        whole.update(chunk)
+    digest = whole.digest()
+    part_size = max(store.part_size, -(-before.st_size // 10_000))
+    client = store.client
+    upload_id = client.create_multipart_upload(
+        Bucket=bucket,
+        Key=key,
+        StorageClass=STORAGE_CLASS,
+        Metadata=_metadata(before.st_mtime_ns, digest),
+        ChecksumAlgorithm="SHA256",
+    )["UploadId"]
+    try:
+        handle.seek(0)
+        again = hashlib.sha256()
+        parts = []
+        number = 1
+        while data := handle.read(part_size):
+            again.update(data)
+            part_digest = hashlib.sha256(data).digest()
+            response = client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=_b64(part_digest),
+            )
+            _check_echo(response, part_digest, f"{key} part {number}")
+            parts.append(
+                {
+                    "PartNumber": number,
+                    "ETag": response["ETag"],
+                    "ChecksumSHA256": _b64(part_digest),
+                }
+            )
+            number += 1
+        if again.digest() != digest:
+            raise FileChanged("its content changed while it was uploaded")
+        _check_unchanged(path, before, before.st_size)
+        result: dict[str, Any] = client.complete_multipart_upload(
+            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+        )
+        return digest, result
+    except BaseException:
+        try:
+            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except (ClientError, BotoCoreError) as exc:
+            logger.warning(
+                "could not abort the multipart upload of %s (the bucket's lifecycle "
+                "rule removes it in %d days): %s",
+                key,
+                ABORT_MULTIPART_DAYS,
+                describe(exc),
+            )
+        raise
+
+
+def delete(store: Store, bucket: str, keys: list[str]) -> dict[str, str]:
+    """Delete up to 1000 keys in one request (delete markers in a versioned bucket).
+
+    Returns {key: error message} for the keys S3 did not delete.
+    """
+    response = store.client.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
+    )
+    return {
+        error["Key"]: f"{error.get('Code', '?')} {error.get('Message', '')}".strip()
+        for error in response.get("Errors", [])
+    }
+
+
+def list_latest(store: Store, bucket: str, prefix: str) -> Iterator[list[ListedObject]]:
+    """The latest, not deleted versions under ``prefix``, a page at a time.
+
+    A bucket that does not exist yields nothing.
+    """
+    paginator = store.client.get_paginator("list_object_versions")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            objects = []
+            for version in page.get("Versions", []):
+                rel = version["Key"][len(prefix) :]
+                if version.get("IsLatest") and rel and not rel.endswith("/"):
+                    objects.append(
+                        ListedObject(
+                            rel,
+                            int(version["Size"]),
+                            int(version["LastModified"].timestamp()),
+                            version.get("VersionId"),
+                        )
+                    )
+            yield objects
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchBucket":
+            raise
+
+
+def _metadata(mtime_ns: int, digest: bytes) -> dict[str, str]:
+    # "mtime" as decimal seconds is what rclone writes and reads too.
+    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
+    return {"mtime": f"{seconds}.{nanos:09d}", "sha256": digest.hex()}
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def _check_echo(response: dict[str, Any], digest: bytes, what: str) -> None:
+    echoed = response.get("ChecksumSHA256")
+    if echoed and echoed != _b64(digest):
+        raise ChecksumMismatch(f"{what}: S3 stored SHA-256 {echoed}, we sent {_b64(digest)}")
+
+
+def _check_unchanged(path: str, before: os.stat_result, read: int) -> None:
+    after = os.stat(path, follow_symlinks=False)
+    if (
+        read != before.st_size
+        or after.st_size != before.st_size
+        or after.st_mtime_ns != before.st_mtime_ns
+        or after.st_ino != before.st_ino
+    ):
+        raise FileChanged("it changed while it was read")
+
+
+class ChecksumMismatch(Exception):
+    """S3 reported a different checksum than the one of the bytes we sent."""

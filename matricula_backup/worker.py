@@ -1,0 +1,161 @@
+"""Drain one folder's queues against S3 and record every confirmed result.
+
+Uploads run in a bounded pool of threads sharing the run's one boto3 client;
+at most ``2 x workers`` files are in flight, so memory does not grow with the
+queue. Only this (main) thread touches the database: results are written in
+small transactions, so a crash loses at most the uploads in flight.
+Deletes go in DeleteObjects batches of up to 1,000 keys after the uploads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from botocore.exceptions import BotoCoreError, ClientError
+from sqlalchemy import Connection
+
+from matricula_backup import queues, s3
+from matricula_backup.db.records import FolderRecord
+from matricula_backup.queues import Uploaded, UploadItem
+from matricula_backup.report import FolderReport, Problem, RunReport
+
+logger = logging.getLogger(__name__)
+
+COMMIT_EVERY_RESULTS = 200
+COMMIT_EVERY_SECONDS = 5.0
+DELETE_BATCH = 1000
+
+
+class _Recorder:
+    """Collects upload results and writes them in small transactions."""
+
+    def __init__(self, conn: Connection, table: str) -> None:
+        self.conn = conn
+        self.table = table
+        self.done: list[Uploaded] = []
+        self.failed: list[tuple[str, str]] = []
+        self.last_commit = time.monotonic()
+
+    def add(self, done: Uploaded | None = None, failed: tuple[str, str] | None = None) -> None:
+        if done is not None:
+            self.done.append(done)
+        if failed is not None:
+            self.failed.append(failed)
+        pending = len(self.done) + len(self.failed)
+        if pending >= COMMIT_EVERY_RESULTS or (
+            time.monotonic() - self.last_commit > COMMIT_EVERY_SECONDS
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        queues.record_uploaded(self.conn, self.table, self.done)
+        queues.record_failed(self.conn, self.table, self.failed)
+        self.conn.commit()
+        self.done, self.failed = [], []
+        self.last_commit = time.monotonic()
+
+
+def upload_all(
+    conn: Connection,
+    store: s3.Store,
+    record: FolderRecord,
+    workers: int,
+    report: FolderReport,
+    run: RunReport,
+) -> None:
+    """Upload everything in ``upload_queue`` of this folder."""
+    folder = record.folder
+    recorder = _Recorder(conn, record.table)
+    in_flight: dict[Future[Uploaded], UploadItem] = {}
+
+    def settle(future: Future[Uploaded], item: UploadItem) -> None:
+        path = os.path.join(folder.path, item.path)
+        try:
+            done = future.result()
+        except FileNotFoundError:
+            logger.info("vanished before upload (deleted from the bucket next run): %s", path)
+            return
+        except s3.FileChanged as exc:
+            message = f"not uploaded: {exc}; it is tried again next run"
+            run.add_problem(Problem(str(folder.path), "upload", message, path), report)
+            recorder.add(failed=(item.path, message))
+            return
+        except (ClientError, BotoCoreError, OSError, s3.ChecksumMismatch) as exc:
+            message = (
+                f"cannot read: {exc.strerror or exc}"
+                if isinstance(exc, OSError)
+                else s3.describe(exc)
+            )
+            message += "; it is tried again next run"
+            run.add_problem(Problem(str(folder.path), "upload", message, path), report)
+            recorder.add(failed=(item.path, message))
+            return
+        report.uploaded += 1
+        report.bytes_uploaded += done.size
+        logger.debug("uploaded %s (%d bytes, version %s)", path, done.size, done.version_id)
+        recorder.add(done=done)
+
+    def settle_finished(block_until_below: int) -> None:
+        while len(in_flight) >= block_until_below and in_flight:
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in finished:
+                settle(future, in_flight.pop(future))
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload") as pool:
+        try:
+            for batch in queues.upload_batches(conn):
+                for item in batch:
+                    settle_finished(block_until_below=2 * workers)
+                    path = os.path.join(folder.path, item.path)
+                    key = folder.key_prefix + item.path
+                    future = pool.submit(s3.upload, store, record.bucket, key, path, item.path)
+                    in_flight[future] = item
+            settle_finished(block_until_below=1)
+        finally:
+            # Interrupted or not: record what S3 confirmed before leaving.
+            for future in list(in_flight):
+                future.cancel()
+            recorder.flush()
+
+
+def delete_all(
+    conn: Connection, store: s3.Store, record: FolderRecord, report: FolderReport, run: RunReport
+) -> None:
+    """Delete from the bucket what is in ``delete_queue`` (delete markers)."""
+    folder = record.folder
+    for paths in queues.delete_batches(conn, DELETE_BATCH):
+        keys = {folder.key_prefix + path: path for path in paths}
+        try:
+            errors = s3.delete(store, record.bucket, list(keys))
+        except (ClientError, BotoCoreError) as exc:
+            errors = {key: s3.describe(exc) for key in keys}
+        failed = [(keys[key], message) for key, message in errors.items() if key in keys]
+        deleted = [path for key, path in keys.items() if key not in errors]
+        queues.record_deleted(conn, record.table, deleted)
+        queues.record_delete_failed(conn, record.table, failed)
+        conn.commit()
+        report.deleted += len(deleted)
+        for path, message in failed[:20]:
+            run.add_problem(
+                Problem(
+                    str(folder.path),
+                    "delete",
+                    f"{message}; tried again next run",
+                    os.path.join(folder.path, path),
+                ),
+                report,
+            )
+        if len(failed) > 20:
+            run.add_problem(
+                Problem(
+                    str(folder.path),
+                    "delete",
+                    f"{len(failed) - 20} more deletions failed (see the error column)",
+                ),
+                report,
+            )
+        for path in deleted:
+            logger.debug("deleted from bucket (file gone): %s", os.path.join(folder.path, path))

@@ -1,0 +1,1 @@
+"""Alembic migrations of state.db, installed as ``matricula_backup.migrations``."""

@@ -1,0 +1,344 @@
+"""End to end: the installed command against moto's S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import Setup
+from tests.s3proxy import CountingProxy
+
+
+def _tree(setup: Setup) -> Path:
+    folder = setup.images / "Taufbuch 1890"
+    setup.file("Taufbuch 1890/0001.tif", b"A" * 1000, mtime=1_600_000_000.25)
+    setup.file("Taufbuch 1890/sub dir/0002 ü.jpg", b"B" * 2000)
+    setup.file("Taufbuch 1890/empty.tif", b"")
+    setup.write_config(backup__folders=[str(folder)])
+    return folder
+
+
+def _key(path: Path) -> str:
+    return str(path).lstrip("/")
+
+
+def _latest(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    versions = s3.list_object_versions(Bucket=bucket).get("Versions", [])
+    return {v["Key"]: v for v in versions if v["IsLatest"]}
+
+
+def test_first_run_uploads_everything_to_a_configured_bucket(setup: Setup, s3: Any) -> None:
+    folder = _tree(setup)
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert "uploaded 3/3 files" in result.stdout
+    bucket = setup.bucket(folder)
+    assert bucket.startswith("taufbuch-1890-") and len(bucket) == len("taufbuch-1890-") + 8
+    latest = _latest(s3, bucket)
+    assert set(latest) == {
+        _key(folder / "0001.tif"),
+        _key(folder / "sub dir/0002 ü.jpg"),
+        _key(folder / "empty.tif"),
+    }
+    assert {v["StorageClass"] for v in latest.values()} == {"DEEP_ARCHIVE"}
+    head = s3.head_object(Bucket=bucket, Key=_key(folder / "0001.tif"), ChecksumMode="ENABLED")
+    assert head["Metadata"]["mtime"] == "1600000000.250000000"
+    assert head["Metadata"]["sha256"] == hashlib.sha256(b"A" * 1000).hexdigest()
+    assert head["ContentLength"] == 1000
+    assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(b"A" * 1000).digest()).decode()
+
+    assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+    rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
+    assert rules["matricula-backup-noncurrent"]["NoncurrentVersionExpiration"] == {
+        "NoncurrentDays": 180
+    }
+    assert rules["matricula-backup-noncurrent"]["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 7
+    }
+    assert rules["matricula-backup-delete-markers"]["Expiration"] == {
+        "ExpiredObjectDeleteMarker": True
+    }
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    encryption = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]
+    assert encryption["Rules"][0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+    table = setup.table(folder)
+    rows = setup.db(
+        f'SELECT path, size, state, version_id, hex(sha256), uploaded_at FROM "{table}" '
+        "ORDER BY path"
+    )
+    assert [(r[0], r[1], r[2]) for r in rows] == [
+        ("0001.tif", 1000, "backed_up"),
+        ("empty.tif", 0, "backed_up"),
+        ("sub dir/0002 ü.jpg", 2000, "backed_up"),
+    ]
+    assert rows[0][3] == latest[_key(folder / "0001.tif")]["VersionId"]
+    assert rows[0][4].lower() == hashlib.sha256(b"A" * 1000).hexdigest()
+    assert abs(rows[0][5] - time.time()) < 120
+    assert setup.db("SELECT mode, outcome, files_uploaded FROM runs") == [("backup", "ok", 3)]
+
+
+def test_a_run_with_nothing_to_do_makes_no_s3_request(
+    setup: Setup, s3_proxy: CountingProxy
+) -> None:
+    _tree(setup)
+    assert setup.run().returncode == 0
+    s3_proxy.reset_counts()
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert s3_proxy.total == 0, s3_proxy.log
+    assert "0 S3 requests" in result.stdout
+
+
+def test_changed_added_and_deleted_files(setup: Setup, s3: Any, s3_proxy: CountingProxy) -> None:
+    folder = _tree(setup)
+    assert setup.run().returncode == 0
+    bucket = setup.bucket(folder)
+    first = _latest(s3, bucket)
+    setup.file("Taufbuch 1890/0001.tif", b"C" * 1000, mtime=1_700_000_000)  # same size, new mtime
+    setup.file("Taufbuch 1890/new.tif", b"new")
+    (folder / "sub dir/0002 ü.jpg").unlink()
+    s3_proxy.reset_counts()
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert "uploaded 2/2 files" in result.stdout and "deleted 1/1" in result.stdout
+    # Two PUTs, one DeleteObjects, and two GETs checking the bucket's settings.
+    assert s3_proxy.requests == {
+        "PUT object": 2,
+        "POST delete": 1,
+        "GET versioning": 1,
+        "GET lifecycle": 1,
+    }, s3_proxy.requests
+    latest = _latest(s3, bucket)
+    assert set(latest) == {
+        _key(folder / "0001.tif"),
+        _key(folder / "new.tif"),
+        _key(folder / "empty.tif"),
+    }
+    changed = _key(folder / "0001.tif")
+    assert latest[changed]["VersionId"] != first[changed]["VersionId"]
+    markers = s3.list_object_versions(Bucket=bucket).get("DeleteMarkers", [])
+    assert [m["Key"] for m in markers] == [_key(folder / "sub dir/0002 ü.jpg")]
+    # The deleted file's data stays as a noncurrent version (lifecycle expires it later).
+    versions = s3.list_object_versions(Bucket=bucket)["Versions"]
+    assert any(v["Key"] == _key(folder / "sub dir/0002 ü.jpg") for v in versions)
+    rows = setup.db(f'SELECT path, state FROM "{setup.table(folder)}" ORDER BY path')
+    assert rows == [("0001.tif", "backed_up"), ("empty.tif", "backed_up"), ("new.tif", "backed_up")]
+
+
+def test_dry_run_changes_nothing_and_reports_the_work(
+    setup: Setup, s3: Any, s3_proxy: CountingProxy, httpserver: Any
+) -> None:
+    folder = _tree(setup)
+    setup.write_config(notification__webhook=httpserver.url_for("/hook"))
+    (setup.images / "bad\udcff.tif").parent.mkdir(exist_ok=True)
+
+    result = setup.run("--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert "would upload 3 files (2.9 KiB)" in result.stdout
+    assert s3.list_buckets()["Buckets"] == []
+    assert not (setup.cache / "state.db").exists()
+    assert httpserver.log == []
+
+    assert setup.run().returncode == 0
+    setup.file("Taufbuch 1890/new.tif", b"12345")
+    (folder / "empty.tif").unlink()
+    db_before = (setup.cache / "state.db").read_bytes()
+    s3_proxy.reset_counts()
+
+    result = setup.run("--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert "would upload 1 files (5 B), would delete 1 files (0 B)" in result.stdout
+    assert (setup.cache / "state.db").read_bytes() == db_before
+    assert s3_proxy.total == 0
+    assert len(_latest(s3, setup.bucket(folder))) == 3
+
+
+def test_reset_rebuilds_the_tables_without_uploading_again(
+    setup: Setup, s3: Any, s3_proxy: CountingProxy
+) -> None:
+    folder = _tree(setup)
+    assert setup.run().returncode == 0
+    setup.file("Taufbuch 1890/changed-size.tif", b"x")
+    assert setup.run().returncode == 0
+    setup.file("Taufbuch 1890/changed-size.tif", b"xyz")  # changed since its upload
+    setup.file("Taufbuch 1890/brand-new.tif", b"new")
+    s3_proxy.reset_counts()
+
+    result = setup.run("--reset")
+
+    assert result.returncode == 0, result.stderr
+    assert "3 found already in the bucket" in result.stdout
+    assert "uploaded 2/2 files" in result.stdout
+    assert s3_proxy.requests["PUT object"] == 2
+    rows = dict(setup.db(f'SELECT path, state FROM "{setup.table(folder)}"'))
+    assert set(rows.values()) == {"backed_up"} and len(rows) == 5
+    s3_proxy.reset_counts()
+    assert setup.run().returncode == 0
+    assert s3_proxy.total == 0
+
+
+def test_lost_state_database_adopts_the_bucket_and_deletes_what_is_gone(
+    setup: Setup, s3: Any, s3_proxy: CountingProxy
+) -> None:
+    folder = _tree(setup)
+    assert setup.run().returncode == 0
+    bucket = setup.bucket(folder)
+    (setup.cache / "state.db").unlink()
+    (folder / "empty.tif").unlink()
+    s3_proxy.reset_counts()
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert setup.bucket(folder) == bucket  # derived again, the same
+    assert s3_proxy.requests["PUT object"] == 0
+    assert "deleted 1/1" in result.stdout
+    assert set(_latest(s3, bucket)) == {
+        _key(folder / "0001.tif"),
+        _key(folder / "sub dir/0002 ü.jpg"),
+    }
+
+
+def test_roots_give_one_bucket_per_subfolder(setup: Setup, s3: Any) -> None:
+    root = setup.images / "archive"
+    setup.file("archive/Wien/a.tif", b"1")
+    setup.file("archive/Graz/b.tif", b"2")
+    setup.file("archive/loose-file.tif", b"not in a subfolder: not backed up")
+    setup.write_config(backup__roots=[str(root)])
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    buckets = sorted(b["Name"] for b in s3.list_buckets()["Buckets"])
+    assert [b.rsplit("-", 1)[0] for b in buckets] == ["graz", "wien"]
+    assert set(_latest(s3, setup.bucket(root / "Wien"))) == {_key(root / "Wien/a.tif")}
+
+
+def test_multipart_upload_of_a_large_file(setup: Setup, s3: Any) -> None:
+    folder = setup.images / "big"
+    data = os.urandom(12 * 1024 * 1024)
+    setup.file("big/scan.tif", data)
+    setup.write_config(
+        backup__folders=[str(folder)], backup__part_size_mb=5, backup__multipart_threshold_mb=5
+    )
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    bucket = setup.bucket(folder)
+    head = s3.head_object(Bucket=bucket, Key=_key(folder / "scan.tif"))
+    assert head["ETag"].strip('"').endswith("-3")  # 5 + 5 + 2 MiB
+    assert head["StorageClass"] == "DEEP_ARCHIVE"
+    assert head["ContentLength"] == len(data)
+    assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+    rows = setup.db(f'SELECT state, hex(sha256) FROM "{setup.table(folder)}"')
+    assert rows == [("backed_up", hashlib.sha256(data).hexdigest().upper())]
+
+
+def test_errors_are_counted_reported_once_and_do_not_stop_the_rest(
+    setup: Setup, s3: Any, httpserver: Any
+) -> None:
+    folder = _tree(setup)
+    os.mkfifo(folder / "a-fifo")  # skipped: not a regular file
+    os.symlink("/etc/passwd", folder / "a-link")  # skipped: symlinks are not followed
+    bad_name = os.fsencode(str(folder)) + b"/bad-\xff.tif"
+    with open(bad_name, "wb") as handle:
+        handle.write(b"x")
+    missing = setup.images / "not-mounted"
+    httpserver.expect_request("/webhook/abc", method="POST").respond_with_data("", status=202)
+    webhook = httpserver.url_for("/webhook/abc") + "?api-version=1&sig=SECRETSIG"
+    setup.write_config(backup__folders=[str(folder), str(missing)], notification__webhook=webhook)
+
+    result = setup.run()
+
+    assert result.returncode == 1, result.stderr
+    assert "uploaded 3/3 files" in result.stdout
+    assert "2 errors" in result.stdout
+    assert len(httpserver.log) == 1
+    payload = httpserver.log[0][0].get_json()
+    assert payload["type"] == "message"
+    attachment = payload["attachments"][0]
+    assert attachment["contentType"] == "application/vnd.microsoft.card.adaptive"
+    card_text = str(attachment["content"])
+    assert "not valid UTF-8" in card_text and "not-mounted" in card_text
+    assert len(httpserver.log[0][0].get_data()) < 28_000
+    problems = setup.db("SELECT operation, message FROM problems ORDER BY id")
+    assert len(problems) == 2
+    log = (setup.cache / "matricula-backup.log").read_text()
+    assert "SECRETSIG" not in log and "test-secret-never-logged" not in log
+    assert "SECRETSIG" not in result.stdout + result.stderr
+    assert set(_latest(s3, setup.bucket(folder))) == {
+        _key(folder / "0001.tif"),
+        _key(folder / "sub dir/0002 ü.jpg"),
+        _key(folder / "empty.tif"),
+    }
+
+
+def test_a_failing_webhook_does_not_change_the_outcome(setup: Setup, httpserver: Any) -> None:
+    _tree(setup)
+    httpserver.expect_request("/hook").respond_with_data("boom", status=500)
+    missing = setup.images / "gone"
+    setup.write_config(
+        backup__folders=[*setup.config["backup"]["folders"], str(missing)],
+        notification__webhook=httpserver.url_for("/hook"),
+    )
+
+    result = setup.run()
+
+    assert result.returncode == 1
+    assert "uploaded 3/3 files" in result.stdout
+    assert "Teams notification" in (setup.cache / "matricula-backup.log").read_text()
+
+
+def test_an_empty_folder_deletes_nothing(setup: Setup, s3: Any) -> None:
+    folder = _tree(setup)
+    assert setup.run().returncode == 0
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+
+    result = setup.run()
+
+    assert result.returncode == 1
+    assert "folder is empty but 3 files of it are in the bucket" in result.stdout + str(
+        setup.db("SELECT message FROM problems")
+    )
+    assert len(_latest(s3, setup.bucket(folder))) == 3
+
+
+def test_a_second_run_exits_at_once_while_the_lock_is_held(setup: Setup) -> None:
+    import fcntl
+
+    _tree(setup)
+    with open(setup.cache / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        started = time.monotonic()
+        result = setup.run()
+    assert result.returncode == 2
+    assert "another matricula-backup run holds the lock" in result.stderr
+    assert time.monotonic() - started < 30
+    assert not (setup.cache / "state.db").exists()
+
+
+def test_python_dash_m_works(setup: Setup) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "matricula_backup", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "--dry-run" in result.stdout
