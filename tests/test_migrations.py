@@ -1,0 +1,76 @@
+"""The state database schema: alembic migrations, shipped with the package."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+
+from matricula_backup.db.engine import (
+    alembic_config,
+    is_current,
+    migrations_dir,
+    open_state_db,
+    open_state_db_for_dry_run,
+)
+from matricula_backup.db.schema import metadata
+
+
+def test_there_is_one_head() -> None:
+    assert len(ScriptDirectory.from_config(alembic_config()).get_heads()) == 1
+
+
+def test_migrations_ship_inside_the_installed_package() -> None:
+    assert (migrations_dir() / "env.py").is_file()
+    assert any((migrations_dir() / "versions").glob("0001_*.py"))
+
+
+def test_upgrade_creates_the_tables_of_the_metadata(tmp_path: Path) -> None:
+    engine = open_state_db(tmp_path)
+    try:
+        assert is_current(engine)
+        found = inspect(engine)
+        assert set(metadata.tables) <= set(found.get_table_names())
+        for table in metadata.tables.values():
+            columns = {c["name"] for c in found.get_columns(table.name)}
+            assert columns == {c.name for c in table.columns}, table.name
+    finally:
+        engine.dispose()
+    assert (tmp_path / "state.db").stat().st_mode & 0o077 == 0  # owner only
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_downgrade_and_upgrade_again(tmp_path: Path) -> None:
+    from alembic import command
+
+    engine = open_state_db(tmp_path)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+    assert not is_current(engine)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    assert is_current(engine)
+    engine.dispose()
+
+
+def test_dry_run_never_creates_or_changes_the_file(tmp_path: Path) -> None:
+    engine = open_state_db_for_dry_run(tmp_path)
+    assert is_current(engine)
+    engine.dispose()
+    assert not (tmp_path / "state.db").exists()
+
+
+def test_a_damaged_database_is_a_clear_error(tmp_path: Path) -> None:
+    import pytest
+
+    from matricula_backup.errors import DatabaseError
+
+    (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(DatabaseError, match="damaged. Move it aside"):
+        open_state_db(tmp_path)
