@@ -7,6 +7,7 @@ run (config, database, lock held by another run).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,8 @@ from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.run import run_backup
 
 logger = logging.getLogger("matricula_backup")
+
+SHOWN_PROBLEMS = 20  # on stderr; the log has them all
 
 app = typer.Typer(
     add_completion=False,
@@ -81,6 +84,9 @@ def backup(
     Example (nightly, from cron): matricula-backup --cache /var/lib/matricula-backup
     """
     cache = cache.absolute()
+    # Everything this tool creates (log and its rotations, state.db and its WAL,
+    # the lock) lists the archive or its errors: owner only.
+    os.umask(0o077)
     log_path = setup_logging(cache, verbose)
     settings: Settings | None = None
     try:
@@ -117,11 +123,13 @@ def backup(
     summary = run_line(report)
     typer.echo(summary)
     logger.info("%s", summary)
-    for problem in report.problems[:50]:
-        logger.warning("%s", problem)
-    if report.problems and not dry_run:
+    for problem in report.problems[:SHOWN_PROBLEMS]:
+        typer.echo(f"error: {problem}", err=True)
+    if report.error_count > SHOWN_PROBLEMS:
+        typer.echo(f"... {report.error_count - SHOWN_PROBLEMS} more errors in {log_path}", err=True)
+    if report.error_count and not dry_run:
         _notify(settings, report, log_path or cache / LOG_NAME)
-    raise typer.Exit(EXIT_WITH_ERRORS if report.problems else EXIT_OK)
+    raise typer.Exit(EXIT_WITH_ERRORS if report.error_count else EXIT_OK)
 
 
 def _fatal_report(exc: Exception, reset: bool) -> RunReport:

@@ -127,6 +127,16 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
     if endpoint:
         _check_url(endpoint, "aws.endpoint_url", secret=False)
 
+    access_key = _string(aws, "aws", "access_key")
+    secret_key = _string(aws, "aws", "secret_access_key")
+    if bool(access_key) != bool(secret_key):
+        given, missing = ("access_key", "secret_access_key") if access_key else (
+            "secret_access_key", "access_key")
+        raise ConfigError(
+            f"{CONFIG_NAME}: aws.{missing}: missing while aws.{given} is set; give both, or "
+            "neither to use the AWS credential chain (environment, ~/.aws, instance role)"
+        )
+
     part_size = _int(backup, "part_size_mb", DEFAULT_PART_SIZE_MB, 5, 5 * 1024) * MIB
     threshold = (
         _int(backup, "multipart_threshold_mb", DEFAULT_MULTIPART_THRESHOLD_MB, 5, 5 * 1024) * MIB
@@ -141,8 +151,8 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         multipart_threshold=threshold,
         webhook=webhook or None,
         aws=AwsSettings(
-            access_key=_string(aws, "aws", "access_key"),
-            secret_access_key=_string(aws, "aws", "secret_access_key"),
+            access_key=access_key or None,
+            secret_access_key=secret_key or None,
             region=_string(aws, "aws", "region"),
             endpoint_url=endpoint or None,
         ),

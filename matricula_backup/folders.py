@@ -62,6 +62,13 @@ def backup_folders(settings: Settings) -> tuple[list[BackupFolder], list[Problem
                 Problem(str(root), "config", f"{source}: cannot list: {exc.strerror or exc}")
             )
             continue
+        for path in [p for p in subfolders if not _utf8(str(p))]:
+            subfolders.remove(path)
+            problems.append(
+                Problem(str(root), "config", f"{source}: subfolder name is not valid UTF-8, so "
+                        "it cannot be backed up; rename it",
+                        os.fsencode(path).decode("utf-8", "backslashreplace"))
+            )
         if not subfolders:
             problems.append(
                 Problem(
@@ -117,6 +124,14 @@ def is_valid_bucket_name(name: str) -> bool:
 def table_name(bucket: str) -> str:
     """The SQLite table of a backup folder, named after its bucket: files_<bucket>."""
     return "files_" + bucket.replace("-", "_")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _slug(name: str) -> str:

@@ -21,7 +21,9 @@ def setup_logging(cache_dir: Path | None, verbose: bool = False) -> Path | None:
         root.removeHandler(handler)
         handler.close()
     console = logging.StreamHandler(sys.stderr)
-    console.setLevel(logging.INFO if verbose else logging.WARNING)
+    # Per-file problems go to the log file; the terminal (and cron's mail) gets
+    # the summary from cli.py, and errors that stop the run.
+    console.setLevel(logging.INFO if verbose else logging.ERROR)
     console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     root.addHandler(console)
     for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "httpx", "httpcore"):

@@ -39,6 +39,7 @@ class UploadItem:
     path: str
     size: int
     mtime_ns: int
+    reason: str  # new, changed size, changed mtime, retry
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,11 @@ def build_queues(conn: Connection, table: str) -> QueueSizes:
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.delete_queue")
     conn.exec_driver_sql(
         f"""CREATE TEMP TABLE upload_queue AS
-        SELECT s.path, s.size, s.mtime_ns, f.path IS NULL AS is_new
+        SELECT s.path, s.size, s.mtime_ns, f.path IS NULL AS is_new,
+               CASE WHEN f.path IS NULL THEN 'new'
+                    WHEN f.size != s.size THEN 'changed size'
+                    WHEN f.mtime_ns != s.mtime_ns THEN 'changed mtime'
+                    ELSE 'retry after ' || f.state END AS reason
         FROM temp.scan AS s LEFT JOIN "{table}" AS f ON f.path = s.path
         WHERE f.path IS NULL OR f.state != '{BACKED_UP}'
            OR f.size != s.size OR f.mtime_ns != s.mtime_ns
@@ -164,14 +169,14 @@ def upload_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[Up
     last_rowid = 0
     while True:
         rows = conn.exec_driver_sql(
-            "SELECT rowid, path, size, mtime_ns FROM temp.upload_queue "
+            "SELECT rowid, path, size, mtime_ns, reason FROM temp.upload_queue "
             "WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (last_rowid, batch_size),
         ).all()
         if not rows:
             return
         last_rowid = rows[-1][0]
-        yield [UploadItem(row[1], row[2], row[3]) for row in rows]
+        yield [UploadItem(row[1], row[2], row[3], row[4]) for row in rows]
 
 
 def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[str]]:

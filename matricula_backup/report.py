@@ -6,8 +6,15 @@ turns them into a Teams card and ``run.py`` records them in the database.
 
 from __future__ import annotations
 
+import logging
 import socket
 from dataclasses import dataclass, field
+
+logger = logging.getLogger(__name__)
+
+# A night when the network is down could fail a million uploads: all are counted
+# and logged, the first ones are kept for the summary, the database and Teams.
+MAX_KEPT_PROBLEMS = 1000
 
 
 @dataclass(frozen=True)
@@ -51,18 +58,23 @@ class RunReport:
     reset: bool = False
     hostname: str = field(default_factory=socket.gethostname)
     folders: list[FolderReport] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # the first MAX_KEPT_PROBLEMS
+    error_count: int = 0
     s3_requests: int = 0
     interrupted: bool = False
 
-    @property
-    def error_count(self) -> int:
-        return len(self.problems)
-
     def add_problem(self, problem: Problem, report: FolderReport | None = None) -> None:
-        self.problems.append(problem)
+        """Count, log and (the first ones) keep a problem; the run goes on."""
+        logger.warning("%s", problem)
+        self.error_count += 1
         if report is not None:
             report.errors += 1
+        if len(self.problems) < MAX_KEPT_PROBLEMS:
+            self.problems.append(problem)
+
+    @property
+    def unlisted_problems(self) -> int:
+        return self.error_count - len(self.problems)
 
     def totals(self) -> FolderReport:
         total = FolderReport(folder="all", bucket="")
@@ -120,7 +132,9 @@ def run_line(run: RunReport) -> str:
     """The one-line summary of the whole run."""
     total = run.totals()
     verb = "dry run" if run.dry_run else "backup"
-    state = "interrupted" if run.interrupted else ("done with errors" if run.problems else "done")
+    state = "interrupted" if run.interrupted else (
+        "done with errors" if run.error_count else "done"
+    )
     if run.dry_run:
         work = (
             f"would upload {total.to_upload} files ({human_bytes(total.bytes_to_upload)}), "

@@ -67,7 +67,7 @@ def run_backup(settings: Settings, dry_run: bool = False, reset: bool = False) -
             try:
                 for folder in folders:
                     _backup_folder(conn, settings, folder, store, report, dry_run, reset)
-                outcome = "errors" if report.problems else "ok"
+                outcome = "errors" if report.error_count else "ok"
             except KeyboardInterrupt:
                 report.interrupted = True
                 outcome = "interrupted"
@@ -76,7 +76,7 @@ def run_backup(settings: Settings, dry_run: bool = False, reset: bool = False) -
                 report.s3_requests = store.requests
                 if run_id is not None:
                     conn.rollback()
-                    records.record_problems(conn, run_id, report.problems)
+                    records.record_problems(conn, run_id, report)
                     records.finish_run(conn, run_id, report, outcome)
     finally:
         engine.dispose()
@@ -118,10 +118,8 @@ def _backup_folder(
         elif fresh_table:
             records.create_empty_temp_table(conn, record)
 
-        scanned = scan_folder(conn, folder)
+        scanned = scan_folder(conn, folder, lambda problem: run.add_problem(problem, report))
         report.files_seen, report.bytes_seen = scanned.files, scanned.bytes
-        for problem in scanned.problems:
-            run.add_problem(problem, report)
         if scanned.skipped_special:
             logger.info(
                 "%s: skipped %d symlinks and special files", source, scanned.skipped_special

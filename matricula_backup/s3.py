@@ -91,7 +91,8 @@ def connect(settings: Settings) -> Store:
     session = boto3.session.Session(
         aws_access_key_id=aws.access_key or None,
         aws_secret_access_key=aws.secret_access_key or None,
-        region_name=aws.region or None,
+        # botocore reads AWS_DEFAULT_REGION; AWS_REGION is the newer standard name.
+        region_name=aws.region or os.environ.get("AWS_REGION") or None,
     )
     endpoint = (
         aws.endpoint_url

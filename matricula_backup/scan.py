@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
@@ -32,7 +33,6 @@ class ScanResult:
     files: int = 0
     bytes: int = 0
     skipped_special: int = 0  # symlinks, FIFOs, sockets, devices
-    problems: list[Problem] = field(default_factory=list)
     root_readable: bool = True
 
 
@@ -46,8 +46,10 @@ def create_scan_tables(conn: Connection) -> None:
     conn.exec_driver_sql("CREATE TEMP TABLE unscanned (path TEXT NOT NULL)")
 
 
-def scan_folder(conn: Connection, folder: BackupFolder) -> ScanResult:
-    """Fill ``temp.scan`` with every regular file below ``folder``."""
+def scan_folder(
+    conn: Connection, folder: BackupFolder, on_problem: Callable[[Problem], None]
+) -> ScanResult:
+    """Fill ``temp.scan`` with every regular file below ``folder``; report what is unreadable."""
     create_scan_tables(conn)
     result = ScanResult()
     source = str(folder.path)
@@ -57,7 +59,7 @@ def scan_folder(conn: Connection, folder: BackupFolder) -> ScanResult:
 
     def unreadable(rel: str, abs_path: str, message: str) -> None:
         conn.exec_driver_sql("INSERT INTO temp.unscanned (path) VALUES (?)", (rel,))
-        result.problems.append(Problem(source, "scan", message, abs_path))
+        on_problem(Problem(source, "scan", message, abs_path))
 
     while stack:
         directory, rel_dir = stack.pop()
@@ -79,7 +81,7 @@ def scan_folder(conn: Connection, folder: BackupFolder) -> ScanResult:
             try:
                 rel.encode("utf-8")
             except UnicodeEncodeError:
-                result.problems.append(
+                on_problem(
                     Problem(
                         source,
                         "scan",
@@ -104,7 +106,7 @@ def scan_folder(conn: Connection, folder: BackupFolder) -> ScanResult:
                 unreadable(rel, entry.path, f"cannot read file status: {_reason(exc)}")
                 continue
             if key_prefix_bytes + len(rel.encode()) > MAX_KEY_BYTES:
-                result.problems.append(
+                on_problem(
                     Problem(
                         source,
                         "scan",

@@ -110,6 +110,7 @@ def upload_all(
                 for item in batch:
                     settle_finished(block_until_below=2 * workers)
                     path = os.path.join(folder.path, item.path)
+                    logger.debug("upload (%s): %s", item.reason, path)
                     key = folder.key_prefix + item.path
                     future = pool.submit(s3.upload, store, record.bucket, key, path, item.path)
                     in_flight[future] = item
@@ -138,23 +139,10 @@ def delete_all(
         queues.record_delete_failed(conn, record.table, failed)
         conn.commit()
         report.deleted += len(deleted)
-        for path, message in failed[:20]:
+        for path, message in failed:
             run.add_problem(
-                Problem(
-                    str(folder.path),
-                    "delete",
-                    f"{message}; tried again next run",
-                    os.path.join(folder.path, path),
-                ),
-                report,
-            )
-        if len(failed) > 20:
-            run.add_problem(
-                Problem(
-                    str(folder.path),
-                    "delete",
-                    f"{len(failed) - 20} more deletions failed (see the error column)",
-                ),
+                Problem(str(folder.path), "delete", f"{message}; tried again next run",
+                        os.path.join(folder.path, path)),
                 report,
             )
         for path in deleted:

@@ -342,3 +342,43 @@ def test_python_dash_m_works(setup: Setup) -> None:
     )
     assert result.returncode == 0
     assert "--dry-run" in result.stdout
+
+
+def test_bucket_prefix_applies_until_a_bucket_is_set_up_then_never_changes(
+    setup: Setup, s3: Any
+) -> None:
+    folder = setup.images / "Band"
+    folder.mkdir()
+    setup.write_config(backup__folders=[str(folder)])
+    assert setup.run().returncode == 0  # empty folder: nothing uploaded, no bucket yet
+    setup.write_config(backup__bucket_prefix="matricula-")
+    setup.file("Band/a.tif", b"a")
+    assert setup.run().returncode == 0
+    bucket = setup.bucket(folder)
+    assert bucket.startswith("matricula-band-")
+    assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == [bucket]
+
+    setup.write_config(backup__bucket_prefix="other-")
+    setup.file("Band/b.tif", b"b")
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert setup.bucket(folder) == bucket
+    assert "keeps its recorded bucket" in (setup.cache / "matricula-backup.log").read_text()
+    assert len(_latest(s3, bucket)) == 2
+
+
+def test_verbose_logs_why_each_file_is_uploaded(setup: Setup) -> None:
+    _tree(setup)
+    assert setup.run().returncode == 0
+    setup.file("Taufbuch 1890/0001.tif", b"A" * 1000, mtime=1_700_000_000)
+    setup.file("Taufbuch 1890/empty.tif", b"now longer")
+    setup.file("Taufbuch 1890/fresh.tif", b"new")
+
+    result = setup.run("--verbose")
+
+    assert result.returncode == 0
+    log = (setup.cache / "matricula-backup.log").read_text()
+    assert "upload (changed mtime): " in log and "0001.tif" in log
+    assert "upload (changed size): " in log
+    assert "upload (new): " in log

@@ -66,6 +66,10 @@ def test_a_full_config_is_read(tmp_path: Path) -> None:
         ({"backup": {"folders": ["/a"], "bucket_prefix": "sthree-x"}}, "which AWS reserves"),
         ({"backup": {"folders": ["/a"]}, "aws": {"region": 5}}, "aws.region: must be a string"),
         (
+            {"backup": {"folders": ["/a"]}, "aws": {"access_key": "AKIA"}},
+            "aws.secret_access_key: missing while aws.access_key is set",
+        ),
+        (
             {"backup": {"folders": ["/a"]}, "aws": {"endpoint_url": "localhost:9000"}},
             "aws.endpoint_url: must be an http:// or https:// URL",
         ),

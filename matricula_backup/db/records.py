@@ -37,6 +37,13 @@ def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> Folder
         bucket = bucket_name(folder.path, prefix)
         return FolderRecord(None, folder, bucket, table_name(bucket), False, False)
     derived = bucket_name(folder.path, prefix)
+    if derived != row.bucket and row.bucket_ready_at is None:
+        # Nothing was ever uploaded to the recorded name (e.g. it was taken by
+        # another account): a changed backup.bucket_prefix applies.
+        logger.warning("%s: no bucket was set up yet; using %s instead of %s",
+                       folder.path, derived, row.bucket)
+        return FolderRecord(row.id, folder, derived, row.table_name, False,
+                            _table_exists(conn, row.table_name))
     if derived != row.bucket:
         logger.warning(
             "%s: keeps its recorded bucket %s (the current backup.bucket_prefix would give %s)",
@@ -78,6 +85,12 @@ def register_folder(conn: Connection, record: FolderRecord) -> FolderRecord:
         logger.info(
             "%s: recorded bucket %s, table %s", record.folder.path, record.bucket, record.table
         )
+    else:
+        conn.execute(
+            update(folders)
+            .where(folders.c.id == record.id, folders.c.bucket_ready_at.is_(None))
+            .values(bucket=record.bucket)
+        )
     if not record.table_exists:
         for statement in files_table_ddl(record.table):
             conn.execute(text(statement))
@@ -109,7 +122,13 @@ def start_run(conn: Connection, mode: str, hostname: str) -> int:
     return int(run_id[0])
 
 
-def record_problems(conn: Connection, run_id: int, found: list[Problem]) -> None:
+def record_problems(conn: Connection, run_id: int, report: RunReport) -> None:
+    found = list(report.problems)
+    if report.unlisted_problems:
+        found.append(
+            Problem("(whole run)", "run", f"{report.unlisted_problems} more problems are not "
+                    "listed here; see the log and the error column of the files tables")
+        )
     if found:
         conn.execute(
             insert(problems),
