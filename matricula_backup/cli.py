@@ -1,13 +1,15 @@
 """The command line: the only module that prints results or decides exit codes.
 
 Exit codes: 0 all done, 1 done with errors (see the log / Teams), 2 could not
-run (config, database, lock held by another run).
+run (config, database, lock held by another run), 130 stopped by SIGINT or
+SIGTERM (what S3 confirmed until then is recorded).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +19,7 @@ from matricula_backup import __version__, notify
 from matricula_backup.config import Settings, load_settings
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_WITH_ERRORS,
     FatalError,
@@ -87,6 +90,8 @@ def backup(
     # Everything this tool creates (log and its rotations, state.db and its WAL,
     # the lock) lists the archive or its errors: owner only.
     os.umask(0o077)
+    # systemd stops a service with SIGTERM: stop the same way as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
     log_path = setup_logging(cache, verbose)
     settings: Settings | None = None
     try:
@@ -108,7 +113,7 @@ def backup(
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         logger.error("interrupted; what S3 confirmed so far is recorded")
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except Exception as exc:  # a bug: keep the traceback in the log, tell Teams
         logger.exception("internal error")
         if settings is not None and not dry_run:
@@ -130,6 +135,10 @@ def backup(
     if report.error_count and not dry_run:
         _notify(settings, report, log_path or cache / LOG_NAME)
     raise typer.Exit(EXIT_WITH_ERRORS if report.error_count else EXIT_OK)
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _fatal_report(exc: Exception, reset: bool) -> RunReport:

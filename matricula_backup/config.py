@@ -130,8 +130,11 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
     access_key = _string(aws, "aws", "access_key")
     secret_key = _string(aws, "aws", "secret_access_key")
     if bool(access_key) != bool(secret_key):
-        given, missing = ("access_key", "secret_access_key") if access_key else (
-            "secret_access_key", "access_key")
+        given, missing = (
+            ("access_key", "secret_access_key")
+            if access_key
+            else ("secret_access_key", "access_key")
+        )
         raise ConfigError(
             f"{CONFIG_NAME}: aws.{missing}: missing while aws.{given} is set; give both, or "
             "neither to use the AWS credential chain (environment, ~/.aws, instance role)"

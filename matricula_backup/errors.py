@@ -17,6 +17,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_WITH_ERRORS = 1
 EXIT_COULD_NOT_RUN = 2
+EXIT_INTERRUPTED = 130  # SIGINT or SIGTERM: stopped early, progress recorded
 
 
 class BackupError(Exception):

@@ -65,9 +65,13 @@ def backup_folders(settings: Settings) -> tuple[list[BackupFolder], list[Problem
         for path in [p for p in subfolders if not _utf8(str(p))]:
             subfolders.remove(path)
             problems.append(
-                Problem(str(root), "config", f"{source}: subfolder name is not valid UTF-8, so "
-                        "it cannot be backed up; rename it",
-                        os.fsencode(path).decode("utf-8", "backslashreplace"))
+                Problem(
+                    str(root),
+                    "config",
+                    f"{source}: subfolder name is not valid UTF-8, so "
+                    "it cannot be backed up; rename it",
+                    os.fsencode(path).decode("utf-8", "backslashreplace"),
+                )
             )
         if not subfolders:
             problems.append(

@@ -132,8 +132,8 @@ def run_line(run: RunReport) -> str:
     """The one-line summary of the whole run."""
     total = run.totals()
     verb = "dry run" if run.dry_run else "backup"
-    state = "interrupted" if run.interrupted else (
-        "done with errors" if run.error_count else "done"
+    state = (
+        "interrupted" if run.interrupted else ("done with errors" if run.error_count else "done")
     )
     if run.dry_run:
         work = (

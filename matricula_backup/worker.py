@@ -116,9 +116,14 @@ def upload_all(
                     in_flight[future] = item
             settle_finished(block_until_below=1)
         finally:
-            # Interrupted or not: record what S3 confirmed before leaving.
-            for future in list(in_flight):
+            # Interrupted or not: start nothing new, let the uploads already
+            # running finish, and record what S3 confirmed before leaving (an
+            # unrecorded upload would be paid for again next run).
+            for future in in_flight:
                 future.cancel()
+            for future, item in in_flight.items():
+                if not future.cancelled():
+                    settle(future, item)
             recorder.flush()
 
 
@@ -141,8 +146,12 @@ def delete_all(
         report.deleted += len(deleted)
         for path, message in failed:
             run.add_problem(
-                Problem(str(folder.path), "delete", f"{message}; tried again next run",
-                        os.path.join(folder.path, path)),
+                Problem(
+                    str(folder.path),
+                    "delete",
+                    f"{message}; tried again next run",
+                    os.path.join(folder.path, path),
+                ),
                 report,
             )
         for path in deleted:

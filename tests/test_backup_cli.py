@@ -382,3 +382,39 @@ def test_verbose_logs_why_each_file_is_uploaded(setup: Setup) -> None:
     assert "upload (changed mtime): " in log and "0001.tif" in log
     assert "upload (changed size): " in log
     assert "upload (new): " in log
+
+
+def test_sigterm_stops_records_what_s3_confirmed_and_the_next_run_finishes(
+    setup: Setup, s3_proxy: CountingProxy
+) -> None:
+    import signal
+    import subprocess
+
+    from tests.conftest import CLI
+
+    folder = setup.images / "many"
+    for number in range(400):
+        setup.file(f"many/{number:04d}.tif", os.urandom(2000))
+    setup.write_config(backup__folders=[str(folder)], backup__workers=2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen(
+        [CLI, "--cache", str(setup.cache)], env=env, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 60
+    while s3_proxy.requests["PUT object"] < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 130
+
+    put_before = s3_proxy.requests["PUT object"]
+    assert 20 <= put_before < 400
+    table = setup.table(folder)
+    recorded = setup.db(f"SELECT count(*) FROM \"{table}\" WHERE state = 'backed_up'")[0][0]
+    assert recorded == put_before  # every upload S3 confirmed is recorded
+    assert setup.db("SELECT outcome FROM runs") == [("interrupted",)]
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert s3_proxy.requests["PUT object"] == 400  # nothing uploaded twice
+    assert setup.db(f"SELECT count(*) FROM \"{table}\" WHERE state = 'backed_up'") == [(400,)]

