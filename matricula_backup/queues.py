@@ -143,6 +143,8 @@ def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObj
     Returns how many files on disk were found already in the bucket.
     """
     for page in listing:
+        if not page:
+            continue
         conn.exec_driver_sql(
             f"""INSERT INTO "{table}" (path, size, mtime_ns, state, version_id, uploaded_at)
             SELECT ?1, ?2, coalesce(s.mtime_ns, 0),

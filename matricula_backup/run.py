@@ -177,5 +177,16 @@ def _backup_folder(
             Problem(source, "bucket", f"s3://{record.bucket}: {s3.describe(exc)}"), report
         )
         conn.rollback()
+    except Exception as exc:  # a bug or a database error: the other folders still go on
+        logger.exception("%s: unexpected error", source)
+        run.add_problem(
+            Problem(
+                source,
+                "run",
+                f"unexpected error, traceback in the log: {type(exc).__name__}: {exc}",
+            ),
+            report,
+        )
+        conn.rollback()
     finally:
         logger.info("%s", folder_line(report, dry_run))

@@ -418,3 +418,35 @@ def test_sigterm_stops_records_what_s3_confirmed_and_the_next_run_finishes(
     assert result.returncode == 0, result.stderr
     assert s3_proxy.requests["PUT object"] == 400  # nothing uploaded twice
     assert setup.db(f"SELECT count(*) FROM \"{table}\" WHERE state = 'backed_up'") == [(400,)]
+
+
+def test_a_bucket_name_taken_by_another_account_fails_that_folder_only(
+    setup: Setup, s3: Any
+) -> None:
+    from matricula_backup.folders import bucket_name
+
+    taken = setup.images / "Taken"
+    fine = _tree(setup)
+    setup.file("Taken/a.tif", b"a")
+    setup.write_config(backup__folders=[str(taken), str(fine)])
+
+    def as_other_account(request: Any, **_: Any) -> None:
+        request.headers["x-moto-account-id"] = "111122223333"  # moto's multi-account header
+
+    s3.meta.events.register("before-sign.s3", as_other_account)
+    s3.create_bucket(
+        Bucket=bucket_name(taken), CreateBucketConfiguration={"LocationConstraint": "eu-central-1"}
+    )
+
+    result = setup.run()
+
+    assert result.returncode == 1
+    assert "is taken by another AWS account. Set backup.bucket_prefix" in result.stderr
+    assert "uploaded 3/3 files" in result.stdout  # the other folder went on
+
+    setup.write_config(backup__bucket_prefix="matricula-")
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert setup.bucket(taken).startswith("matricula-taken-")
+    assert setup.bucket(fine) == bucket_name(fine)  # set up before: never changes
