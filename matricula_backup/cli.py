@@ -28,7 +28,7 @@ from matricula_backup.errors import (
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
-from matricula_backup.run import run_backup
+from matricula_backup.run import RunOptions, run_backup
 
 logger = logging.getLogger("matricula_backup")
 
@@ -74,6 +74,15 @@ def backup(
             "upload, no database change, no notification).",
         ),
     ] = False,
+    allow_mass_delete: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-delete",
+            help="Delete from the buckets even when a folder lost more than "
+            "backup.max_delete_percent of its files, or all of them (normally refused: it "
+            "looks like an unmounted share).",
+        ),
+    ] = False,
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Log every file decision (debug).")
     ] = False,
@@ -96,8 +105,9 @@ def backup(
     settings: Settings | None = None
     try:
         settings = load_settings(cache)
+        options = RunOptions(dry_run=dry_run, reset=reset, allow_mass_delete=allow_mass_delete)
         if dry_run:
-            report = run_backup(settings, dry_run=True, reset=reset)
+            report = run_backup(settings, options)
         else:
             with exclusive_lock(cache):
                 logger.info(
@@ -105,7 +115,7 @@ def backup(
                     __version__,
                     ", --reset" if reset else "",
                 )
-                report = run_backup(settings, dry_run=False, reset=reset)
+                report = run_backup(settings, options)
     except FatalError as exc:
         logger.error("%s", exc)
         if settings is not None and not dry_run and not isinstance(exc, LockHeld):

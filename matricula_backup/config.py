@@ -29,6 +29,9 @@ MIB = 1024 * 1024
 DEFAULT_PART_SIZE_MB = 128
 DEFAULT_MULTIPART_THRESHOLD_MB = 128
 DEFAULT_WORKERS = 8
+DEFAULT_MAX_DELETE_PERCENT = 20
+DEFAULT_RETRY_MODE = "standard"
+DEFAULT_MAX_ATTEMPTS = 6
 
 _ALLOWED: dict[str, set[str]] = {
     "": {"backup", "notification", "aws"},
@@ -39,9 +42,17 @@ _ALLOWED: dict[str, set[str]] = {
         "workers",
         "part_size_mb",
         "multipart_threshold_mb",
+        "max_delete_percent",
     },
     "notification": {"webhook"},
-    "aws": {"access_key", "secret_access_key", "region", "endpoint_url"},
+    "aws": {
+        "access_key",
+        "secret_access_key",
+        "region",
+        "endpoint_url",
+        "retry_mode",
+        "max_attempts",
+    },
 }
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 
@@ -54,6 +65,8 @@ class AwsSettings:
     secret_access_key: str | None = field(default=None, repr=False)
     region: str | None = None
     endpoint_url: str | None = None
+    retry_mode: str = DEFAULT_RETRY_MODE  # botocore: standard | adaptive | legacy
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,7 @@ class Settings:
     workers: int = DEFAULT_WORKERS
     part_size: int = DEFAULT_PART_SIZE_MB * MIB
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD_MB * MIB
+    max_delete_percent: int = DEFAULT_MAX_DELETE_PERCENT
     webhook: str | None = field(default=None, repr=False)
     aws: AwsSettings = AwsSettings()
 
@@ -144,12 +158,19 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
     threshold = (
         _int(backup, "multipart_threshold_mb", DEFAULT_MULTIPART_THRESHOLD_MB, 5, 5 * 1024) * MIB
     )
+    retry_mode = _string(aws, "aws", "retry_mode") or DEFAULT_RETRY_MODE
+    if retry_mode not in ("standard", "adaptive", "legacy"):
+        raise ConfigError(
+            f"{CONFIG_NAME}: aws.retry_mode: must be standard, adaptive or legacy, "
+            f"not {retry_mode!r}"
+        )
     return Settings(
         cache_dir=cache_dir,
         folders=folders,
         roots=roots,
         bucket_prefix=prefix,
         workers=_int(backup, "workers", DEFAULT_WORKERS, 1, 64),
+        max_delete_percent=_int(backup, "max_delete_percent", DEFAULT_MAX_DELETE_PERCENT, 0, 100),
         part_size=part_size,
         multipart_threshold=threshold,
         webhook=webhook or None,
@@ -158,6 +179,8 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
             secret_access_key=secret_key or None,
             region=_string(aws, "aws", "region"),
             endpoint_url=endpoint or None,
+            retry_mode=retry_mode,
+            max_attempts=_int(aws, "max_attempts", DEFAULT_MAX_ATTEMPTS, 1, 20, "aws"),
         ),
     )
 
@@ -220,11 +243,13 @@ def _string(section: dict[str, Any], name: str, key: str) -> str | None:
     return value.strip()
 
 
-def _int(section: dict[str, Any], key: str, default: int, low: int, high: int) -> int:
+def _int(
+    section: dict[str, Any], key: str, default: int, low: int, high: int, name: str = "backup"
+) -> int:
     value = section.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigError(
-            f"{CONFIG_NAME}: backup.{key}: must be a whole number from {low} to {high}, "
+            f"{CONFIG_NAME}: {name}.{key}: must be a whole number from {low} to {high}, "
             f"not {value!r}"
         )
     return value

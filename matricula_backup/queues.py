@@ -108,10 +108,11 @@ def build_queues(conn: Connection, table: str) -> QueueSizes:
     )
 
 
-def backed_up_count(conn: Connection, table: str) -> int:
+def in_bucket_count(conn: Connection, table: str) -> int:
+    """Files of which S3 holds a confirmed version."""
     return int(
         conn.exec_driver_sql(
-            f"SELECT count(*) FROM \"{table}\" WHERE state = '{BACKED_UP}'"
+            f'SELECT count(*) FROM "{table}" WHERE uploaded_at IS NOT NULL'
         ).scalar_one()
     )
 

@@ -10,6 +10,7 @@ next run scans again and finds in the files tables what S3 already confirmed.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
 
@@ -23,6 +24,10 @@ from matricula_backup.report import FolderReport, Problem, RunReport, folder_lin
 from matricula_backup.scan import scan_folder
 
 logger = logging.getLogger(__name__)
+
+# Below this many deletions in one folder the share is not checked (a folder of
+# 3 files may lose one without anybody being asked).
+MASS_DELETE_MIN_FILES = 10
 
 
 class _LazyStore:
@@ -43,8 +48,18 @@ class _LazyStore:
         return self.store.counter.total if self.store else 0
 
 
-def run_backup(settings: Settings, dry_run: bool = False, reset: bool = False) -> RunReport:
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line asked for."""
+
+    dry_run: bool = False
+    reset: bool = False
+    allow_mass_delete: bool = False
+
+
+def run_backup(settings: Settings, options: RunOptions) -> RunReport:
     """Back up every folder; problems are collected in the report, never raised per file."""
+    dry_run, reset = options.dry_run, options.reset
     report = RunReport(dry_run=dry_run, reset=reset)
     folders, problems = backup_folders(settings)
     for problem in problems:
@@ -66,7 +81,7 @@ def run_backup(settings: Settings, dry_run: bool = False, reset: bool = False) -
             outcome = "failed"
             try:
                 for folder in folders:
-                    _backup_folder(conn, settings, folder, store, report, dry_run, reset)
+                    _backup_folder(conn, settings, folder, store, report, options)
                 outcome = "errors" if report.error_count else "ok"
             except KeyboardInterrupt:
                 report.interrupted = True
@@ -91,9 +106,9 @@ def _backup_folder(
     folder: BackupFolder,
     store: _LazyStore,
     run: RunReport,
-    dry_run: bool,
-    reset: bool,
+    options: RunOptions,
 ) -> None:
+    dry_run = options.dry_run
     record = records.lookup_folder(conn, folder, settings.bucket_prefix)
     report = FolderReport(folder=str(folder.path), bucket=record.bucket)
     run.folders.append(report)
@@ -112,7 +127,7 @@ def _backup_folder(
     try:
         # A table that is new this run (first run, --reset, lost state.db) starts
         # from what the bucket holds; a dry run uses an empty temporary table.
-        fresh_table = reset or not record.table_exists
+        fresh_table = options.reset or not record.table_exists
         if not dry_run:
             record = records.register_folder(conn, record)
         elif fresh_table:
@@ -134,20 +149,14 @@ def _backup_folder(
         sizes = queues.build_queues(conn, record.table)
         report.to_upload, report.bytes_to_upload = sizes.uploads, sizes.upload_bytes
         report.to_delete, report.bytes_to_delete = sizes.deletes, sizes.delete_bytes
-        if sizes.deletes and scanned.files == 0:
-            # An empty folder where files were backed up is far more likely an
-            # unmounted share than a deliberate deletion of everything.
-            run.add_problem(
-                Problem(
-                    source,
-                    "scan",
-                    f"folder is empty but {sizes.deletes} files of it are "
-                    "in the bucket; nothing is deleted. Check that it is mounted",
-                ),
-                report,
+        if sizes.deletes and not options.allow_mass_delete:
+            refusal = _mass_delete_refusal(
+                conn, settings, record.table, sizes.deletes, scanned.files
             )
-            conn.exec_driver_sql("DELETE FROM temp.delete_queue")
-            report.to_delete = report.bytes_to_delete = 0
+            if refusal:
+                run.add_problem(Problem(source, "delete", refusal), report)
+                conn.exec_driver_sql("DELETE FROM temp.delete_queue WHERE in_bucket")
+                report.to_delete = report.bytes_to_delete = 0
         logger.info(
             "%s: %d files on disk; %d to upload (%d new), %d to delete",
             source,
@@ -190,3 +199,29 @@ def _backup_folder(
         conn.rollback()
     finally:
         logger.info("%s", folder_line(report, dry_run))
+
+
+def _mass_delete_refusal(
+    conn: Connection, settings: Settings, table: str, deletes: int, files_on_disk: int
+) -> str | None:
+    """Why this many deletions look like an accident (an unmounted share), or None.
+
+    Deleting from the bucket only hides files behind delete markers for 180
+    days, but a folder that vanished from under us must not start that clock.
+    """
+    if files_on_disk == 0:
+        return (
+            f"folder is empty but {deletes} files of it are in the bucket; nothing is "
+            "deleted. Check that it is mounted; if the files were removed on purpose, "
+            "run once with --allow-mass-delete"
+        )
+    in_bucket = queues.in_bucket_count(conn, table)
+    share = 100 * deletes / max(in_bucket, 1)
+    if deletes > MASS_DELETE_MIN_FILES and share > settings.max_delete_percent:
+        return (
+            f"{deletes} of {in_bucket} files ({share:.0f}%) are gone from disk, more than "
+            f"backup.max_delete_percent ({settings.max_delete_percent}%); nothing is deleted "
+            "from the bucket. If they were removed on purpose, run once with "
+            "--allow-mass-delete"
+        )
+    return None

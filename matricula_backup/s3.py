@@ -57,6 +57,10 @@ class FileChanged(Exception):
     """The file changed while it was read: nothing is recorded, it stays queued."""
 
 
+class Stopped(Exception):
+    """The run is stopping: a multipart upload was aborted between two parts."""
+
+
 class RequestCounter:
     """Counts HTTP requests sent to S3 (each retry counts), by operation."""
 
@@ -100,7 +104,9 @@ def connect(settings: Settings) -> Store:
         or os.environ.get("AWS_ENDPOINT_URL")
     )
     config = Config(
-        retries={"mode": "standard", "max_attempts": 6},
+        # 503 SlowDown, 500s, timeouts and dropped connections are retried with
+        # backoff; what still fails is recorded and retried on the next run.
+        retries={"mode": aws.retry_mode, "max_attempts": aws.max_attempts},  # type: ignore[arg-type]
         max_pool_connections=settings.workers + 4,
         connect_timeout=20,
         read_timeout=300,
@@ -282,8 +288,14 @@ def _optional(call: Any, feature: str, warned: set[str], warnings: list[str]) ->
 # --- objects ---------------------------------------------------------------------------------
 
 
-def upload(store: Store, bucket: str, key: str, path: str, rel: str) -> Uploaded:
-    """Upload one file as it is now; raise FileChanged if it changes while read."""
+def upload(
+    store: Store, bucket: str, key: str, path: str, rel: str, stopping: threading.Event
+) -> Uploaded:
+    """Upload one file as it is now; raise FileChanged if it changes while read.
+
+    A single PUT always completes; a multipart upload checks ``stopping`` before
+    each part and is aborted when the run stops, so stopping takes one part at most.
+    """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as handle:
         before = os.fstat(handle.fileno())
@@ -304,13 +316,19 @@ def upload(store: Store, bucket: str, key: str, path: str, rel: str) -> Uploaded
             )
             _check_echo(response, digest, key)
         else:
-            digest, response = _multipart(store, bucket, key, path, handle, before)
+            digest, response = _multipart(store, bucket, key, path, handle, before, stopping)
         version_id = response.get("VersionId")
     return Uploaded(rel, before.st_size, before.st_mtime_ns, version_id, digest)
 
 
 def _multipart(
-    store: Store, bucket: str, key: str, path: str, handle: Any, before: os.stat_result
+    store: Store,
+    bucket: str,
+    key: str,
+    path: str,
+    handle: Any,
+    before: os.stat_result,
+    stopping: threading.Event,
 ) -> tuple[bytes, dict[str, Any]]:
     # The whole-file SHA-256 goes into the metadata, which is set when the upload
     # starts: hash first, then send the parts (each with its own checksum).
@@ -333,6 +351,8 @@ def _multipart(
         parts = []
         number = 1
         while data := handle.read(part_size):
+            if stopping.is_set():
+                raise Stopped(f"{key}: multipart upload aborted, the run is stopping")
             again.update(data)
             part_digest = hashlib.sha256(data).digest()
             response = client.upload_part(

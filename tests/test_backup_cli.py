@@ -450,3 +450,41 @@ def test_a_bucket_name_taken_by_another_account_fails_that_folder_only(
     assert result.returncode == 0, result.stderr
     assert setup.bucket(taken).startswith("matricula-taken-")
     assert setup.bucket(fine) == bucket_name(fine)  # set up before: never changes
+
+
+def test_losing_many_files_at_once_deletes_nothing_unless_allowed(setup: Setup, s3: Any) -> None:
+    folder = setup.images / "Band"
+    for number in range(30):
+        setup.file(f"Band/{number:02d}.tif", b"x")
+    setup.write_config(backup__folders=[str(folder)])
+    assert setup.run().returncode == 0
+    for number in range(12):  # 40% > the default 20%
+        (folder / f"{number:02d}.tif").unlink()
+
+    refused = setup.run()
+
+    assert refused.returncode == 1
+    assert "12 of 30 files (40%) are gone from disk" in refused.stderr
+    assert "--allow-mass-delete" in refused.stderr
+    assert len(_latest(s3, setup.bucket(folder))) == 30
+
+    allowed = setup.run("--allow-mass-delete")
+
+    assert allowed.returncode == 0, allowed.stderr
+    assert "deleted 12/12" in allowed.stdout
+    assert len(_latest(s3, setup.bucket(folder))) == 18
+
+
+def test_max_delete_percent_is_configurable(setup: Setup, s3: Any) -> None:
+    folder = setup.images / "Band"
+    for number in range(30):
+        setup.file(f"Band/{number:02d}.tif", b"x")
+    setup.write_config(backup__folders=[str(folder)], backup__max_delete_percent=50)
+    assert setup.run().returncode == 0
+    for number in range(12):
+        (folder / f"{number:02d}.tif").unlink()
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert "deleted 12/12" in result.stdout
