@@ -74,3 +74,18 @@ def test_a_damaged_database_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "state.db").write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(DatabaseError, match="damaged. Move it aside"):
         open_state_db(tmp_path)
+
+
+def test_a_migration_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> None:
+    """As if killed half-way: DDL runs in one transaction, so the next run starts clean."""
+    import pytest
+
+    from matricula_backup.errors import DatabaseError
+
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.execute("CREATE TABLE problems (x)")  # makes the third CREATE TABLE fail
+    with pytest.raises(DatabaseError):
+        open_state_db(tmp_path)
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"problems"}  # folders and runs were rolled back, no alembic_version

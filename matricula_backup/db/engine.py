@@ -111,6 +111,10 @@ def _engine(url: str, wal: bool, single: bool = False) -> Engine:
 
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling does not wrap DDL: a migration or a
+        # --reset killed half-way would leave half a schema. Turn it off and let
+        # every SQLAlchemy transaction start with a real BEGIN (see "begin" below).
+        dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         if wal:
             cursor.execute("PRAGMA journal_mode=WAL")
@@ -120,6 +124,10 @@ def _engine(url: str, wal: bool, single: bool = False) -> Engine:
         cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB
         cursor.execute("PRAGMA temp_store=FILE")  # scan tables of millions of rows
         cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
 
     return engine
 
