@@ -127,7 +127,7 @@ def _backup_folder(
     try:
         # A table that is new this run (first run, --reset, lost state.db) starts
         # from what the bucket holds; a dry run uses an empty temporary table.
-        fresh_table = options.reset or not record.table_exists
+        fresh_table = options.reset or record.needs_listing
         if not dry_run:
             record = records.register_folder(conn, record)
         elif fresh_table:
@@ -145,6 +145,8 @@ def _backup_folder(
                 conn, record.table, s3.list_latest(store.get(), record.bucket, folder.key_prefix)
             )
             report.already_in_bucket = adopted
+            if not dry_run:
+                records.mark_listed(conn, record)
 
         sizes = queues.build_queues(conn, record.table)
         report.to_upload, report.bytes_to_upload = sizes.uploads, sizes.upload_bytes

@@ -89,3 +89,27 @@ def test_a_migration_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -
     with sqlite3.connect(tmp_path / "state.db") as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert tables == {"problems"}  # folders and runs were rolled back, no alembic_version
+
+
+def test_upgrade_from_0001_keeps_the_folders_and_marks_their_tables_listed(
+    tmp_path: Path,
+) -> None:
+    from alembic import command
+
+    engine = open_state_db(tmp_path)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0001")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO folders (path, bucket, table_name, created_at) "
+            "VALUES ('/images/a', 'a-12345678', 'files_a_12345678', 1700000000)"
+        )
+    engine.dispose()
+
+    engine = open_state_db(tmp_path)  # upgrades to head, as a run does
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql("SELECT path, bucket, listed_at FROM folders").all()
+    engine.dispose()
+    assert rows == [("/images/a", "a-12345678", 1700000000)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
@@ -28,6 +28,11 @@ class FolderRecord:
     table: str
     bucket_ready: bool
     table_exists: bool
+    listed: bool  # the files table was filled from the bucket's listing
+
+    @property
+    def needs_listing(self) -> bool:
+        return not (self.table_exists and self.listed)
 
 
 def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> FolderRecord:
@@ -35,7 +40,7 @@ def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> Folder
     row = conn.execute(select(folders).where(folders.c.path == str(folder.path))).first()
     if row is None:
         bucket = bucket_name(folder.path, prefix)
-        return FolderRecord(None, folder, bucket, table_name(bucket), False, False)
+        return FolderRecord(None, folder, bucket, table_name(bucket), False, False, False)
     derived = bucket_name(folder.path, prefix)
     if derived != row.bucket and row.bucket_ready_at is None:
         # Nothing was ever uploaded to the recorded name (e.g. it was taken by
@@ -44,7 +49,13 @@ def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> Folder
             "%s: no bucket was set up yet; using %s instead of %s", folder.path, derived, row.bucket
         )
         return FolderRecord(
-            row.id, folder, derived, row.table_name, False, _table_exists(conn, row.table_name)
+            row.id,
+            folder,
+            derived,
+            row.table_name,
+            False,
+            _table_exists(conn, row.table_name),
+            row.listed_at is not None,
         )
     if derived != row.bucket:
         logger.warning(
@@ -60,6 +71,7 @@ def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> Folder
         row.table_name,
         row.bucket_ready_at is not None,
         _table_exists(conn, row.table_name),
+        row.listed_at is not None,
     )
 
 
@@ -83,7 +95,9 @@ def register_folder(conn: Connection, record: FolderRecord) -> FolderRecord:
             )
         ).inserted_primary_key
         assert new_id is not None
-        record = FolderRecord(new_id[0], record.folder, record.bucket, record.table, False, False)
+        record = FolderRecord(
+            new_id[0], record.folder, record.bucket, record.table, False, False, False
+        )
         logger.info(
             "%s: recorded bucket %s, table %s", record.folder.path, record.bucket, record.table
         )
@@ -96,8 +110,18 @@ def register_folder(conn: Connection, record: FolderRecord) -> FolderRecord:
     if not record.table_exists:
         for statement in files_table_ddl(record.table):
             conn.execute(text(statement))
+        conn.execute(update(folders).where(folders.c.id == record.id).values(listed_at=None))
+        record = replace(record, table_exists=True, listed=False)
     conn.commit()
     return record
+
+
+def mark_listed(conn: Connection, record: FolderRecord) -> None:
+    """The files table now holds what the bucket listing showed."""
+    conn.execute(
+        update(folders).where(folders.c.id == record.id).values(listed_at=int(time.time()))
+    )
+    conn.commit()
 
 
 def create_empty_temp_table(conn: Connection, record: FolderRecord) -> None:
@@ -183,6 +207,7 @@ def drop_files_tables(conn: Connection) -> list[str]:
     names = [row.table_name for row in conn.execute(select(folders.c.table_name))]
     for name in names:
         conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
+    conn.execute(update(folders).values(listed_at=None))
     conn.commit()
     return names
 

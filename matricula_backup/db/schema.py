@@ -38,6 +38,10 @@ folders = Table(
     Column("created_at", Integer, nullable=False),  # unix seconds
     # When this tool created (or adopted) the bucket and applied its settings.
     Column("bucket_ready_at", Integer),
+    # When the files table was filled from the bucket's listing (a new table:
+    # first run, --reset, lost state.db). NULL: the next run lists the bucket
+    # before it uploads anything, so a run killed half-way resumes correctly.
+    Column("listed_at", Integer),
 )
 
 runs = Table(
