@@ -96,6 +96,13 @@ def backup(
     Example (nightly, from cron): matricula-backup --cache /var/lib/matricula-backup
     """
     cache = cache.absolute()
+    if not cache.is_dir():
+        typer.echo(
+            f"{cache}: no such directory. Create it (mkdir -m 700 {cache}) and put "
+            "config.json in it (see the README)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
     # Everything this tool creates (log and its rotations, state.db and its WAL,
     # the lock) lists the archive or its errors: owner only.
     os.umask(0o077)
@@ -105,6 +112,9 @@ def backup(
     settings: Settings | None = None
     try:
         settings = load_settings(cache)
+        for warning in settings.warnings:
+            logger.warning("%s", warning)
+            typer.echo(f"warning: {warning}", err=True)
         options = RunOptions(dry_run=dry_run, reset=reset, allow_mass_delete=allow_mass_delete)
         if dry_run:
             report = run_backup(settings, options)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os.path
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class Settings:
     max_delete_percent: int = DEFAULT_MAX_DELETE_PERCENT
     webhook: str | None = field(default=None, repr=False)
     aws: AwsSettings = AwsSettings()
+    warnings: tuple[str, ...] = ()  # not errors: printed and logged, the run goes on
 
     @property
     def config_path(self) -> Path:
@@ -107,7 +108,17 @@ def load_settings(cache_dir: Path) -> Settings:
         raise ConfigError(
             f"{CONFIG_NAME}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         ) from None
-    return parse_settings(raw, cache_dir)
+    except RecursionError:
+        raise ConfigError(f"{CONFIG_NAME}: not valid JSON: nested too deeply") from None
+    settings = parse_settings(raw, cache_dir)
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077 and (settings.aws.secret_access_key or settings.webhook):
+        warning = (
+            f"{path} can be read by other users (mode {mode:o}) and holds secrets (the AWS "
+            f"secret key, the webhook URL): chmod 600 {path}"
+        )
+        settings = replace(settings, warnings=(*settings.warnings, warning))
+    return settings
 
 
 def parse_settings(raw: Any, cache_dir: Path) -> Settings:

@@ -4,6 +4,7 @@
     ├── FatalError              the run could not start or had to stop (exit 2)
     │   ├── ConfigError         config.json missing, unreadable or invalid
     │   ├── DatabaseError       state.db cannot be opened, created or upgraded
+    │   ├── CacheNotWritable    the cache directory cannot be written
     │   └── LockHeld            another run holds the lock in the cache directory
     └── FolderError             one backup folder cannot be backed up (the run goes on)
 
@@ -36,6 +37,10 @@ class ConfigError(FatalError):
 
 class DatabaseError(FatalError):
     """The state database cannot be opened, created or upgraded."""
+
+
+class CacheNotWritable(FatalError):
+    """The cache directory (lock, log, state.db) cannot be written by this user."""
 
 
 class LockHeld(FatalError):

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from matricula_backup.errors import LockHeld
+from matricula_backup.errors import CacheNotWritable, LockHeld
 
 LOCK_NAME = "lock"
 
@@ -23,7 +23,13 @@ LOCK_NAME = "lock"
 @contextlib.contextmanager
 def exclusive_lock(cache_dir: Path) -> Iterator[None]:
     path = cache_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise CacheNotWritable(
+            f"{path}: cannot create the lock file: {exc.strerror}; the cache directory "
+            "must be writable by the user who runs the backup"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

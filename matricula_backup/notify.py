@@ -101,11 +101,15 @@ def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
     return card
 
 
-def send(webhook: str, payload: dict[str, Any]) -> bool:
-    """POST the payload; True if Teams took it. Never raises, never logs the URL."""
+def send(webhook: str, payload: dict[str, Any], timeout: float = TIMEOUT_SECONDS) -> bool:
+    """POST the payload; True if Teams took it. Never raises, never logs the URL.
+
+    A slow or unreachable webhook costs at most ``timeout`` seconds per phase
+    (connect, send, wait for the answer).
+    """
     where = redact_url(webhook)
     try:
-        response = httpx.post(webhook, json=payload, timeout=TIMEOUT_SECONDS)
+        response = httpx.post(webhook, json=payload, timeout=timeout)
     except httpx.HTTPError as exc:
         logger.error("Teams notification to %s failed: %s", where, type(exc).__name__)
         return False

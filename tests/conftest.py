@@ -5,6 +5,7 @@ it: the installed ``matricula-backup`` command in a subprocess."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -28,6 +29,7 @@ CLI = shutil.which("matricula-backup", path=os.path.dirname(sys.executable)) or 
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server._server.server_address  # type: ignore[union-attr]

@@ -65,3 +65,18 @@ def test_an_unreachable_webhook_is_logged_without_its_secret(
     assert notify.send("http://127.0.0.1:9/hook?sig=TOPSECRET", {"type": "message"}) is False
     assert "Teams notification" in caplog.text
     assert "TOPSECRET" not in caplog.text
+
+
+def test_a_slow_webhook_costs_bounded_time(httpserver: Any) -> None:
+    import time
+
+    def slow(request: Any) -> Any:
+        from werkzeug import Response
+
+        time.sleep(3)
+        return Response("1")
+
+    httpserver.expect_request("/slow").respond_with_handler(slow)
+    started = time.monotonic()
+    assert notify.send(httpserver.url_for("/slow") + "?sig=S", {"type": "message"}, 1.0) is False
+    assert time.monotonic() - started < 2.5

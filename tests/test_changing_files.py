@@ -1,0 +1,80 @@
+"""Files that change while they are read are never recorded with the wrong size or mtime."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from typing import Any
+
+from tests.conftest import Setup
+
+
+def test_a_file_growing_during_its_upload_is_left_for_the_next_run(setup: Setup, s3: Any) -> None:
+    folder = setup.images / "Band"
+    growing = setup.file("Band/growing.tif", os.urandom(30 * 1024 * 1024))
+    setup.file("Band/still.tif", b"still")
+    setup.write_config(
+        backup__folders=[str(folder)], backup__multipart_threshold_mb=5, backup__part_size_mb=5
+    )
+    stop = threading.Event()
+
+    def keep_writing() -> None:
+        while not stop.is_set():
+            with open(growing, "ab") as handle:
+                handle.write(b"more")
+            time.sleep(0.005)
+
+    writer = threading.Thread(target=keep_writing)
+    writer.start()
+    try:
+        first = setup.run()
+    finally:
+        stop.set()
+        writer.join()
+
+    assert first.returncode == 1
+    assert "growing.tif" in first.stderr and "changed while it was" in first.stderr
+    table = setup.table(folder)
+    assert setup.db(f'SELECT path, state FROM "{table}" ORDER BY path') == [
+        ("growing.tif", "failed"),
+        ("still.tif", "backed_up"),
+    ]
+    bucket = setup.bucket(folder)
+    keys = [v["Key"] for v in s3.list_object_versions(Bucket=bucket).get("Versions", [])]
+    assert keys == [str(folder / "still.tif").lstrip("/")]
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # aborted
+
+    second = setup.run()
+
+    assert second.returncode == 0, second.stderr
+    data = growing.read_bytes()
+    stat = growing.stat()
+    assert setup.db(
+        f"SELECT size, mtime_ns, state, hex(sha256) FROM \"{table}\" WHERE path = 'growing.tif'"
+    ) == [(len(data), stat.st_mtime_ns, "backed_up", hashlib.sha256(data).hexdigest().upper())]
+    head = s3.head_object(Bucket=bucket, Key=str(growing).lstrip("/"))
+    assert head["ContentLength"] == len(data)
+
+
+def test_a_file_changed_after_the_scan_is_uploaded_in_its_final_state(
+    setup: Setup, s3: Any
+) -> None:
+    """The row records what was read (stat before and after), not what the scan saw."""
+    folder = setup.images / "Band"
+    setup.file("Band/a.tif", b"first")
+    setup.write_config(backup__folders=[str(folder)])
+    assert setup.run().returncode == 0
+    table = setup.table(folder)
+    # As if the scan had seen an older state: the row says 5 bytes at an old mtime.
+    setup.file("Band/a.tif", b"second version", mtime=1_700_000_000)
+
+    assert setup.run().returncode == 0
+
+    stat = (folder / "a.tif").stat()
+    assert setup.db(f'SELECT size, mtime_ns, state FROM "{table}"') == [
+        (14, stat.st_mtime_ns, "backed_up")
+    ]
+    head = s3.head_object(Bucket=setup.bucket(folder), Key=str(folder / "a.tif").lstrip("/"))
+    assert head["ContentLength"] == 14 and head["Metadata"]["mtime"] == "1700000000.000000000"
