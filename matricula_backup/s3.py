@@ -10,6 +10,7 @@ upload time: archived objects cannot be changed later without a new upload.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
 import os
@@ -296,7 +297,9 @@ def upload(
     A single PUT always completes; a multipart upload checks ``stopping`` before
     each part and is aborted when the run stops, so stopping takes one part at most.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    # O_NONBLOCK: a file replaced by a FIFO since the scan must not block the
+    # open (it fails the S_ISREG check below instead); no effect on regular files.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     with os.fdopen(fd, "rb") as handle:
         before = os.fstat(handle.fileno())
         if not stat.S_ISREG(before.st_mode):
@@ -463,3 +466,140 @@ def _check_unchanged(path: str, before: os.stat_result, read: int) -> None:
 
 class ChecksumMismatch(Exception):
     """S3 reported a different checksum than the one of the bytes we sent."""
+
+
+# --- restores --------------------------------------------------------------------------------
+
+ARCHIVE_CLASSES = {"DEEP_ARCHIVE", "GLACIER"}
+
+
+@dataclass(frozen=True)
+class Version:
+    """One entry of a bucket's version listing: an object version or a delete marker."""
+
+    key: str
+    version_id: str
+    size: int
+    last_modified_ms: int
+    storage_class: str
+    is_marker: bool
+    is_latest: bool
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """What HEAD says of an object version."""
+
+    archived: bool  # needs a restore before it can be read
+    restore: str  # "", "ongoing", or "done" (readable until it expires)
+    mtime_ns: int | None  # from the 'mtime' metadata
+    sha256: str | None  # hex, from the 'sha256' metadata
+
+
+def list_versions(store: Store, bucket: str, prefix: str) -> Iterator[list[Version]]:
+    """Every version and delete marker under ``prefix``, a page at a time."""
+    paginator = store.client.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        entries = [
+            Version(
+                item["Key"],
+                item.get("VersionId") or "null",
+                int(item.get("Size", 0)),
+                int(item["LastModified"].timestamp() * 1000),
+                item.get("StorageClass", "STANDARD"),
+                is_marker,
+                bool(item.get("IsLatest")),
+            )
+            for is_marker, name in ((False, "Versions"), (True, "DeleteMarkers"))
+            for item in page.get(name, [])
+        ]
+        yield entries
+
+
+def head(store: Store, bucket: str, key: str, version_id: str) -> ObjectState:
+    response = store.client.head_object(Bucket=bucket, Key=key, VersionId=version_id)
+    restore = response.get("Restore") or ""
+    metadata = response.get("Metadata", {})
+    return ObjectState(
+        archived=response.get("StorageClass", "STANDARD") in ARCHIVE_CLASSES,
+        restore=(
+            "ongoing"
+            if 'ongoing-request="true"' in restore
+            else "done"
+            if 'ongoing-request="false"' in restore
+            else ""
+        ),
+        mtime_ns=parse_mtime(metadata.get("mtime")),
+        sha256=metadata.get("sha256"),
+    )
+
+
+def request_restore(
+    store: Store, bucket: str, key: str, version_id: str, tier: str, days: int
+) -> None:
+    """Ask S3 to make an archived version readable for ``days`` days."""
+    try:
+        store.client.restore_object(
+            Bucket=bucket,
+            Key=key,
+            VersionId=version_id,
+            RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "RestoreAlreadyInProgress":
+            raise
+
+
+def download(
+    store: Store,
+    bucket: str,
+    key: str,
+    version_id: str,
+    target: str,
+    expected: ObjectState,
+    size: int,
+) -> None:
+    """Write a readable version of ``size`` bytes to ``target``: atomic, verified, its mtime.
+
+    The bytes go to a temporary file beside the target; only when their size
+    and SHA-256 match what was recorded at upload is it renamed into place.
+    """
+    directory = os.path.dirname(target)
+    os.makedirs(directory, exist_ok=True)
+    temporary = os.path.join(directory, f".{os.path.basename(target)}.matricula-restore")
+    response = store.client.get_object(Bucket=bucket, Key=key, VersionId=version_id)
+    digest = hashlib.sha256()
+    written = 0
+    try:
+        with open(temporary, "wb") as handle:
+            for chunk in response["Body"].iter_chunks(READ_CHUNK):
+                digest.update(chunk)
+                handle.write(chunk)
+                written += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if written != size:
+            raise ChecksumMismatch(f"{key}: got {written} bytes, the object has {size}")
+        if expected.sha256 and digest.hexdigest() != expected.sha256:
+            raise ChecksumMismatch(
+                f"{key}: SHA-256 {digest.hexdigest()} differs from {expected.sha256} recorded "
+                "at upload"
+            )
+        if expected.mtime_ns is not None:
+            os.utime(temporary, ns=(expected.mtime_ns, expected.mtime_ns))
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def parse_mtime(value: str | None) -> int | None:
+    """'1600000000.250000000' (rclone's form) -> nanoseconds, or None."""
+    if not value:
+        return None
+    try:
+        seconds, _, fraction = value.partition(".")
+        return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
+    except ValueError:
+        return None

@@ -72,14 +72,16 @@ class Setup:
             section, key = dotted.split("__")
             self.config.setdefault(section, {})[key] = value
         (self.cache / "config.json").write_text(json.dumps(self.config, indent=2))
+        (self.cache / "config.json").chmod(0o600)  # it holds (test) secrets
 
     def run(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         full_env.update(env or {})
+        command, *rest = args if args and not args[0].startswith("-") else ("", *args)
         return subprocess.run(
-            [CLI, "--cache", str(self.cache), *args],
+            [CLI, *([command] if command else []), "--cache", str(self.cache), *rest],
             capture_output=True,
             text=True,
             env=full_env,
