@@ -28,6 +28,7 @@ from matricula_backup.errors import (
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
+from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
 
 logger = logging.getLogger("matricula_backup")
@@ -48,16 +49,23 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+CacheOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache",
+        help="Cache directory: holds config.json, the log and the state database state.db.",
+        file_okay=False,
+    ),
+]
+VerboseOption = Annotated[
+    bool, typer.Option("--verbose", "-v", help="Log every file decision (debug).")
+]
+
+
 @app.callback(invoke_without_command=True)
 def backup(
-    cache: Annotated[
-        Path,
-        typer.Option(
-            "--cache",
-            help="Cache directory: holds config.json, the log and the state database state.db.",
-            file_okay=False,
-        ),
-    ],
+    ctx: typer.Context,
+    cache: CacheOption = None,
     reset: Annotated[
         bool,
         typer.Option(
@@ -83,9 +91,7 @@ def backup(
             "looks like an unmounted share).",
         ),
     ] = False,
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log every file decision (debug).")
-    ] = False,
+    verbose: VerboseOption = False,
     version: Annotated[
         bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Show the version."),
@@ -94,27 +100,15 @@ def backup(
     """Run a backup: scan every backup folder, upload new and changed files, delete vanished ones.
 
     Example (nightly, from cron): matricula-backup --cache /var/lib/matricula-backup
+
+    Other commands (restore, ...) take their own --cache: matricula-backup restore --help
     """
-    cache = cache.absolute()
-    if not cache.is_dir():
-        typer.echo(
-            f"{cache}: no such directory. Create it (mkdir -m 700 {cache}) and put "
-            "config.json in it (see the README)",
-            err=True,
-        )
-        raise typer.Exit(EXIT_COULD_NOT_RUN)
-    # Everything this tool creates (log and its rotations, state.db and its WAL,
-    # the lock) lists the archive or its errors: owner only.
-    os.umask(0o077)
-    # systemd stops a service with SIGTERM: stop the same way as on Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
-    log_path = setup_logging(cache, verbose)
+    if ctx.invoked_subcommand is not None:
+        return
+    cache, log_path = _start(cache, verbose)
     settings: Settings | None = None
     try:
-        settings = load_settings(cache)
-        for warning in settings.warnings:
-            logger.warning("%s", warning)
-            typer.echo(f"warning: {warning}", err=True)
+        settings = _load(cache)
         options = RunOptions(dry_run=dry_run, reset=reset, allow_mass_delete=allow_mass_delete)
         if dry_run:
             report = run_backup(settings, options)
@@ -155,6 +149,124 @@ def backup(
     if report.error_count and not dry_run:
         _notify(settings, report, log_path or cache / LOG_NAME)
     raise typer.Exit(EXIT_WITH_ERRORS if report.error_count else EXIT_OK)
+
+
+@app.command()
+def restore(
+    cache: CacheOption = None,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(
+            help="What to restore: backup folders, subfolders or files, as absolute paths "
+            "(default: everything).",
+            show_default=False,
+        ),
+    ] = None,
+    tier: Annotated[
+        str,
+        typer.Option(help="bulk: readable within 48 hours, cheapest; standard: within 12 hours."),
+    ] = "bulk",
+    days: Annotated[
+        int, typer.Option(min=1, max=365, help="How long S3 keeps the restored copies readable.")
+    ] = 7,
+    to: Annotated[
+        Path | None,
+        typer.Option(help="Write under this directory (TO/images/...) instead of in place."),
+    ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            help="Restore the versions current at this time (e.g. 2026-11-20T14:30), which "
+            "brings back files deleted since."
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Also replace local files newer than the backup.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would be restored and its cost.")
+    ] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Bring files back from Deep Archive. Run it again until everything is downloaded.
+
+    The first run asks S3 to restore the selected files; S3 makes them readable
+    within 48 hours (bulk) or 12 hours (standard). Each later run downloads what
+    has become readable, verifies it, and sets its modification time.
+
+    Example: matricula-backup restore --cache /var/lib/matricula-backup /images/Taufbuch
+    """
+    cache, log_path = _start(cache, verbose)
+    if tier.lower() not in TIERS:
+        typer.echo(f"--tier {tier!r}: use bulk or standard", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    try:
+        moment = parse_at(at) if at else None
+    except ValueError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    selectors = tuple(Path(os.path.normpath(path.absolute())) for path in paths or ())
+    options = RestoreOptions(
+        selectors,
+        TIERS[tier.lower()],
+        days,
+        to.absolute() if to else None,
+        moment,
+        overwrite,
+        dry_run,
+    )
+    try:
+        settings = _load(cache)
+        if dry_run:
+            report = run_restore(settings, options)
+        else:
+            with exclusive_lock(cache, "restore.lock"):
+                report = run_restore(settings, options)
+    except FatalError as exc:
+        logger.error("%s", exc)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        logger.error("interrupted; run the same command again to go on")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    for line in restore_lines(report, options):
+        typer.echo(line)
+        logger.info("%s", line)
+    for problem in report.problems[:SHOWN_PROBLEMS]:
+        typer.echo(f"error: {problem}", err=True)
+    if len(report.problems) > SHOWN_PROBLEMS:
+        typer.echo(
+            f"... {len(report.problems) - SHOWN_PROBLEMS} more errors in {log_path}", err=True
+        )
+    raise typer.Exit(EXIT_WITH_ERRORS if report.problems else EXIT_OK)
+
+
+def _start(cache: Path | None, verbose: bool) -> tuple[Path, Path | None]:
+    """What every command does first: check the cache directory, set up logging."""
+    if cache is None:
+        typer.echo("Missing option '--cache': the cache directory with config.json", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    cache = cache.absolute()
+    if not cache.is_dir():
+        typer.echo(
+            f"{cache}: no such directory. Create it (mkdir -m 700 {cache}) and put "
+            "config.json in it (see the README)",
+            err=True,
+        )
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    # Everything this tool creates (log and its rotations, state.db and its WAL,
+    # the lock) lists the archive or its errors: owner only.
+    os.umask(0o077)
+    # systemd stops a service with SIGTERM: stop the same way as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _interrupt)
+    return cache, setup_logging(cache, verbose)
+
+
+def _load(cache: Path) -> Settings:
+    settings = load_settings(cache)
+    for warning in settings.warnings:
+        logger.warning("%s", warning)
+        typer.echo(f"warning: {warning}", err=True)
+    return settings
 
 
 def _interrupt(signum: int, _frame: object) -> None:

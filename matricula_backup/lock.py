@@ -21,8 +21,8 @@ LOCK_NAME = "lock"
 
 
 @contextlib.contextmanager
-def exclusive_lock(cache_dir: Path) -> Iterator[None]:
-    path = cache_dir / LOCK_NAME
+def exclusive_lock(cache_dir: Path, name: str = LOCK_NAME) -> Iterator[None]:
+    path = cache_dir / name
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:

@@ -6,6 +6,7 @@ Fixed tables (created and upgraded by the alembic migrations in ``migrations/``)
   then always read from here) and the name of its files table.
 - ``runs``: one row per real run (dry runs write nothing): when, outcome, counts.
 - ``problems``: every error met by a run, with its folder, file and message.
+- ``restores``: every object version a restore asked S3 for, and where it went.
 
 One files table per backup folder, named ``files_<bucket with _ for ->``. Its
 rows are the files of that folder as last scanned and as last confirmed by S3.
@@ -23,6 +24,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -72,6 +74,22 @@ problems = Table(
     Index("ix_problems_run_id", "run_id"),
 )
 
+restores = Table(
+    "restores",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("bucket", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("version_id", Text, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("tier", Text),  # Standard | Bulk, of the RestoreObject request
+    Column("requested_at", Integer),  # S3 accepted the RestoreObject request
+    Column("downloaded_at", Integer),  # written to target and verified
+    Column("target", Text),  # where it was written
+    Column("error", Text),  # the last error for this object, NULL once done
+    UniqueConstraint("bucket", "key", "version_id", name="uq_restores_object"),
+)
+
 # States of a file row.
 PENDING = "pending"  # new or changed on disk, not yet confirmed by S3
 BACKED_UP = "backed_up"  # S3 confirmed an upload of exactly this size and mtime
@@ -110,5 +128,6 @@ __all__ = [
     "folders",
     "metadata",
     "problems",
+    "restores",
     "runs",
 ]

@@ -1,0 +1,203 @@
+"""Restore round trips against moto's server, which emulates Deep Archive: archived
+objects refuse GetObject until RestoreObject made them readable."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CLI, Setup
+from tests.s3proxy import CountingProxy
+
+
+def _tree(setup: Setup) -> dict[str, tuple[bytes, int]]:
+    """A varied tree; returns relative path -> (bytes, mtime_ns)."""
+    files = {
+        "Band 1/0001.tif": os.urandom(3000),
+        "Band 1/empty.tif": b"",
+        "Band 2/Taufbücher ü.jpg": os.urandom(700),
+        "Band 2/deep/er/x.tif": b"x" * 10,
+        "big.tif": os.urandom(11 * 1024 * 1024),
+    }
+    result = {}
+    for number, (rel, data) in enumerate(sorted(files.items())):
+        path = setup.file(f"Archiv/{rel}", data, mtime=1_500_000_000 + number * 1000 + 0.123)
+        result[rel] = (data, path.stat().st_mtime_ns)
+    setup.write_config(
+        backup__folders=[str(setup.images / "Archiv")],
+        backup__multipart_threshold_mb=5,
+        backup__part_size_mb=5,
+    )
+    return result
+
+
+def _check_tree(root: Path, expected: dict[str, tuple[bytes, int]]) -> None:
+    found = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+    assert found == set(expected)
+    for rel, (data, mtime_ns) in expected.items():
+        assert (root / rel).read_bytes() == data, rel
+        assert (root / rel).stat().st_mtime_ns == mtime_ns, rel
+
+
+def test_full_round_trip_every_byte_and_mtime(setup: Setup, s3_proxy: CountingProxy) -> None:
+    expected = _tree(setup)
+    assert setup.run().returncode == 0
+    folder = setup.images / "Archiv"
+    shutil.rmtree(folder)
+
+    first = setup.run("restore")  # the subcommand takes --cache after its name too
+
+    assert first.returncode == 0, first.stderr
+    assert "restore requested now: 5 files" in first.stdout
+    assert "run the same command again" in first.stdout
+    assert s3_proxy.requests["POST restore"] == 5
+    assert not folder.exists()
+
+    second = setup.run("restore")
+
+    assert second.returncode == 0, second.stderr
+    assert "downloaded and verified: 5 files" in second.stdout
+    assert "restore complete" in second.stdout
+    assert s3_proxy.requests["POST restore"] == 5  # nothing asked twice
+    _check_tree(folder, expected)
+    assert not list(folder.rglob("*.matricula-restore"))
+
+    s3_proxy.reset_counts()
+    third = setup.run("restore")
+    assert "already in place: 5" in third.stdout
+    assert s3_proxy.requests["GET object"] == 0
+    rows = setup.db("SELECT count(*) FROM restores WHERE downloaded_at IS NOT NULL")
+    assert rows == [(5,)]
+
+
+def test_unrestored_objects_cannot_be_read_directly(setup: Setup, s3: Any) -> None:
+    """The premise of the workflow, as moto (like AWS) enforces it."""
+    _tree(setup)
+    assert setup.run().returncode == 0
+    bucket = setup.bucket(setup.images / "Archiv")
+    key = str(setup.images / "Archiv/big.tif").lstrip("/")
+    with pytest.raises(Exception, match="InvalidObjectState"):
+        s3.get_object(Bucket=bucket, Key=key)
+
+
+def test_restore_a_subfolder_to_another_place(setup: Setup) -> None:
+    expected = _tree(setup)
+    assert setup.run().returncode == 0
+    target = setup.tmp / "restored"
+    wanted = setup.images / "Archiv/Band 2"
+
+    for _ in range(2):
+        result = setup.run("restore", str(wanted), "--to", str(target), "--tier", "standard")
+        assert result.returncode == 0, result.stderr
+
+    assert "downloaded and verified: 2 files" in result.stdout
+    _check_tree(
+        target / str(wanted).lstrip("/"),
+        {
+            rel[len("Band 2/") :]: value
+            for rel, value in expected.items()
+            if rel.startswith("Band 2/")
+        },
+    )
+
+
+def test_a_deleted_file_comes_back_from_its_noncurrent_version(setup: Setup) -> None:
+    """moto's RestoreObject ignores VersionId (it restores the latest version; AWS
+    restores the one asked for), so the restore is requested while the file still
+    exists; the rest (selecting the version as of --at behind a delete marker, HEAD
+    and GET of that version) runs against the noncurrent version for real."""
+    _tree(setup)
+    assert setup.run().returncode == 0
+    lost = setup.images / "Archiv/Band 1/0001.tif"
+    elsewhere = str(setup.tmp / "elsewhere")
+    assert setup.run("restore", str(lost), "--to", elsewhere).returncode == 0  # while current
+    time.sleep(1.5)
+    before_deletion = time.strftime("%Y-%m-%dT%H:%M:%S")
+    time.sleep(1.5)
+    data = lost.read_bytes()
+    mtime_ns = lost.stat().st_mtime_ns
+    lost.unlink()
+    assert setup.run().returncode == 0  # the deletion reaches the bucket (a delete marker)
+
+    latest = setup.run("restore", str(lost), "--dry-run")
+    assert "selected: 0 files" in latest.stdout  # by default: only files that exist now
+
+    result = setup.run("restore", str(lost), "--at", before_deletion)
+
+    assert result.returncode == 0, result.stderr
+    assert "selected: 1 files" in result.stdout and "downloaded and verified: 1" in result.stdout
+    assert lost.read_bytes() == data
+    assert lost.stat().st_mtime_ns == mtime_ns
+
+
+def test_a_newer_local_file_is_kept_unless_overwrite(setup: Setup) -> None:
+    _tree(setup)
+    assert setup.run().returncode == 0
+    local = setup.images / "Archiv/Band 2/deep/er/x.tif"
+    local.write_bytes(b"edited after the backup")
+
+    for _ in range(2):
+        kept = setup.run("restore", str(local))
+    assert "newer local files kept: 1" in kept.stdout
+    assert local.read_bytes() == b"edited after the backup"
+
+    for _ in range(2):
+        replaced = setup.run("restore", str(local), "--overwrite")
+    assert replaced.returncode == 0, replaced.stderr
+    assert local.read_bytes() == b"x" * 10
+
+
+def test_dry_run_estimates_the_cost_and_asks_nothing(setup: Setup, s3_proxy: CountingProxy) -> None:
+    _tree(setup)
+    assert setup.run().returncode == 0
+    s3_proxy.reset_counts()
+
+    result = setup.run("restore", "--dry-run", "--tier", "standard")
+
+    assert result.returncode == 0, result.stderr
+    assert "to restore from Deep Archive: 5 files (0.01 GiB)" in result.stdout
+    assert "restore requests (Standard): 5 objects" in result.stdout
+    assert "would cost about $" in result.stdout
+    assert s3_proxy.requests["POST restore"] == 0
+    assert set(s3_proxy.requests) <= {"GET versions", "GET bucket", "GET ", "GET list-type"}
+
+
+def test_an_interrupted_restore_resumes(setup: Setup, s3_proxy: CountingProxy) -> None:
+    folder = setup.images / "Many"
+    expected = {}
+    for number in range(150):
+        data = os.urandom(5000)
+        path = setup.file(f"Many/{number:03d}.tif", data, mtime=1_600_000_000 + number)
+        expected[f"{number:03d}.tif"] = (data, path.stat().st_mtime_ns)
+    setup.write_config(backup__folders=[str(folder)], backup__workers=2)
+    assert setup.run().returncode == 0
+    shutil.rmtree(folder)
+    assert setup.run("restore").returncode == 0  # requests
+    s3_proxy.reset_counts()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen(
+        [CLI, "restore", "--cache", str(setup.cache)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while s3_proxy.requests["GET object"] < 30 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert s3_proxy.requests["GET object"] < 150
+
+    result = setup.run("restore")
+
+    assert result.returncode == 0, result.stderr
+    assert "restore complete" in result.stdout
+    _check_tree(folder, expected)
+    assert not list(folder.rglob("*.matricula-restore"))
