@@ -7,9 +7,11 @@ SIGTERM (what S3 confirmed until then is recorded).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -30,6 +32,8 @@ from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
+from matricula_backup.status import read_status, status_lines
+from matricula_backup.verify import run_verify
 
 logger = logging.getLogger("matricula_backup")
 
@@ -238,6 +242,73 @@ def restore(
             f"... {len(report.problems) - SHOWN_PROBLEMS} more errors in {log_path}", err=True
         )
     raise typer.Exit(EXIT_WITH_ERRORS if report.problems else EXIT_OK)
+
+
+@app.command()
+def verify(
+    cache: CacheOption = None,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also compare every object's SHA-256 metadata with state.db (a HEAD "
+            "request per file).",
+        ),
+    ] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Check that each bucket holds what state.db records: one listing per bucket.
+
+    Objects missing from a bucket are queued, and the next backup run uploads them.
+    Exit code 0 when everything matches, 1 when something was found.
+
+    Example: matricula-backup verify --cache /var/lib/matricula-backup --deep
+    """
+    cache, _log_path = _start(cache, verbose)
+    try:
+        settings = _load(cache)
+        with exclusive_lock(cache):
+            report = run_verify(settings, deep)
+    except FatalError as exc:
+        logger.error("%s", exc)
+        raise typer.Exit(exc.exit_code) from None
+    for check in report.folders:
+        typer.echo(
+            f"{check.folder} -> s3://{check.bucket}: {check.rows} files in state.db, "
+            f"{check.objects} objects in the bucket"
+            + (f", {check.checked_checksums} checksums checked" if deep else "")
+            + (f"; {check.requeued} queued for upload" if check.requeued else "")
+        )
+    for finding in report.findings:
+        logger.warning("%s", finding)
+    for finding in report.findings[: SHOWN_PROBLEMS * 5]:
+        typer.echo(f"finding: {finding}")
+    typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
+    raise typer.Exit(EXIT_WITH_ERRORS if report.findings else EXIT_OK)
+
+
+@app.command()
+def status(
+    cache: CacheOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON, for monitoring systems.")
+    ] = False,
+) -> None:
+    """What state.db says of each backup folder; no scan, no S3 request.
+
+    Example: matricula-backup status --cache /var/lib/matricula-backup --json
+    """
+    cache, _log_path = _start(cache, False)
+    try:
+        current = read_status(cache)
+    except FatalError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if as_json:
+        typer.echo(json.dumps(asdict(current), indent=2))
+    else:
+        for line in status_lines(current):
+            typer.echo(line)
 
 
 def _start(cache: Path | None, verbose: bool) -> tuple[Path, Path | None]:

@@ -174,7 +174,7 @@ def prepare_bucket(store: Store, bucket: str, known_ready: bool, warned: set[str
                     f"bucket {bucket}: versioning was {versioning or 'off'}; enabled again"
                 )
                 _put_versioning(client, bucket)
-            if not _lifecycle_ok(client, bucket):
+            if not lifecycle_ok(client, bucket):
                 warnings.append(f"bucket {bucket}: lifecycle rules were changed; restored")
                 _put_lifecycle(client, bucket)
             return warnings
@@ -251,7 +251,17 @@ def _put_lifecycle(client: Any, bucket: str) -> None:
         ) from None
 
 
-def _lifecycle_ok(client: Any, bucket: str) -> bool:
+def versioning_status(store: Store, bucket: str) -> str | None:
+    """'Enabled', 'Suspended', '' (never set), or None when the bucket does not exist."""
+    try:
+        return str(store.client.get_bucket_versioning(Bucket=bucket).get("Status", ""))
+    except ClientError as exc:
+        if error_code(exc) == "NoSuchBucket":
+            return None
+        raise
+
+
+def lifecycle_ok(client: Any, bucket: str) -> bool:
     try:
         rules = client.get_bucket_lifecycle_configuration(Bucket=bucket).get("Rules", [])
     except ClientError as exc:

@@ -46,7 +46,7 @@ class CountingProxy(ThreadingHTTPServer):
 
     def record(self, method: str, path: str) -> None:
         parts = urlsplit(path)
-        if parts.query and not parts.query.startswith(("uploadId", "partNumber")):
+        if parts.query and not parts.query.startswith(("uploadId", "partNumber", "versionId")):
             kind = parts.query.split("=", 1)[0].split("&", 1)[0]  # ?versioning, ?delete, ...
         else:
             kind = "object" if "/" in parts.path.strip("/") else "bucket"
