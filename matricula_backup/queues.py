@@ -40,17 +40,20 @@ class UploadItem:
     size: int
     mtime_ns: int
     reason: str  # new, changed size, changed mtime, retry
+    in_bucket_sha256: bytes | None  # of the bucket's latest version, if recorded
 
 
 @dataclass(frozen=True)
 class Uploaded:
-    """S3 confirmed an upload of exactly these bytes."""
+    """S3 confirmed an upload of exactly these bytes, or (``sent`` false) the bucket's
+    latest version already holds exactly these bytes."""
 
     path: str
     size: int
     mtime_ns: int
     version_id: str | None
     sha256: bytes
+    sent: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,8 @@ def build_queues(conn: Connection, table: str) -> QueueSizes:
                CASE WHEN f.path IS NULL THEN 'new'
                     WHEN f.size != s.size THEN 'changed size'
                     WHEN f.mtime_ns != s.mtime_ns THEN 'changed mtime'
-                    ELSE 'retry after ' || f.state END AS reason
+                    ELSE 'retry after ' || f.state END AS reason,
+               CASE WHEN f.uploaded_at IS NOT NULL THEN f.sha256 END AS in_bucket_sha256
         FROM temp.scan AS s LEFT JOIN "{table}" AS f ON f.path = s.path
         WHERE f.path IS NULL OR f.state != '{BACKED_UP}'
            OR f.size != s.size OR f.mtime_ns != s.mtime_ns
@@ -172,14 +176,14 @@ def upload_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[Up
     last_rowid = 0
     while True:
         rows = conn.exec_driver_sql(
-            "SELECT rowid, path, size, mtime_ns, reason FROM temp.upload_queue "
+            "SELECT rowid, path, size, mtime_ns, reason, in_bucket_sha256 FROM temp.upload_queue "
             "WHERE rowid > ? ORDER BY rowid LIMIT ?",
             (last_rowid, batch_size),
         ).all()
         if not rows:
             return
         last_rowid = rows[-1][0]
-        yield [UploadItem(row[1], row[2], row[3], row[4]) for row in rows]
+        yield [UploadItem(row[1], row[2], row[3], row[4], row[5]) for row in rows]
 
 
 def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[str]]:
@@ -198,12 +202,21 @@ def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[st
 
 
 def record_uploaded(conn: Connection, table: str, done: list[Uploaded]) -> None:
-    if done:
-        now = int(time.time())
+    now = int(time.time())
+    sent = [(d.size, d.mtime_ns, d.version_id, d.sha256, now, d.path) for d in done if d.sent]
+    if sent:
         conn.exec_driver_sql(
             f"""UPDATE "{table}" SET size = ?, mtime_ns = ?, state = '{BACKED_UP}',
             version_id = ?, sha256 = ?, uploaded_at = ?, error = NULL WHERE path = ?""",
-            [(d.size, d.mtime_ns, d.version_id, d.sha256, now, d.path) for d in done],
+            sent,
+        )
+    # Same bytes as the bucket's latest version: only the new mtime is recorded.
+    same = [(d.size, d.mtime_ns, d.path) for d in done if not d.sent]
+    if same:
+        conn.exec_driver_sql(
+            f"""UPDATE "{table}" SET size = ?, mtime_ns = ?, state = '{BACKED_UP}',
+            error = NULL WHERE path = ?""",
+            same,
         )
 
 

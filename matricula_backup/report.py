@@ -47,6 +47,7 @@ class FolderReport:
     bytes_uploaded: int = 0
     deleted: int = 0
     already_in_bucket: int = 0  # matched by a --reset against the bucket listing
+    same_content: int = 0  # mtime changed, bytes equal to the bucket's: not uploaded
     errors: int = 0
 
 
@@ -90,6 +91,7 @@ class RunReport:
                 "bytes_uploaded",
                 "deleted",
                 "already_in_bucket",
+                "same_content",
             ):
                 setattr(total, name, getattr(total, name) + getattr(report, name))
         total.errors = self.error_count
@@ -123,6 +125,8 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
     )
     if report.already_in_bucket:
         line += f"; {report.already_in_bucket} found already in the bucket"
+    if report.same_content:
+        line += f"; {report.same_content} only touched (same bytes, not uploaded again)"
     if report.errors:
         line += f"; {report.errors} errors"
     return line

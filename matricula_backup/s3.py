@@ -300,9 +300,19 @@ def _optional(call: Any, feature: str, warned: set[str], warnings: list[str]) ->
 
 
 def upload(
-    store: Store, bucket: str, key: str, path: str, rel: str, stopping: threading.Event
+    store: Store,
+    bucket: str,
+    key: str,
+    path: str,
+    rel: str,
+    stopping: threading.Event,
+    in_bucket_sha256: bytes | None = None,
 ) -> Uploaded:
     """Upload one file as it is now; raise FileChanged if it changes while read.
+
+    When the file's SHA-256 equals ``in_bucket_sha256`` (the bytes of the
+    bucket's latest version, as recorded at upload), nothing is sent: a file
+    that was only touched costs no PUT and no second Deep Archive copy.
 
     A single PUT always completes; a multipart upload checks ``stopping`` before
     each part and is aborted when the run stops, so stopping takes one part at most.
@@ -318,6 +328,8 @@ def upload(
             data = handle.read()
             digest = hashlib.sha256(data).digest()
             _check_unchanged(path, before, len(data))
+            if digest == in_bucket_sha256:
+                return Uploaded(rel, before.st_size, before.st_mtime_ns, None, digest, False)
             response = store.client.put_object(
                 Bucket=bucket,
                 Key=key,
@@ -329,7 +341,16 @@ def upload(
             )
             _check_echo(response, digest, key)
         else:
-            digest, response = _multipart(store, bucket, key, path, handle, before, stopping)
+            # The whole-file SHA-256 goes into the metadata, which is set when the
+            # upload starts: hash first, then send the parts.
+            whole = hashlib.sha256()
+            while chunk := handle.read(READ_CHUNK):
+                whole.update(chunk)
+            digest = whole.digest()
+            if digest == in_bucket_sha256:
+                _check_unchanged(path, before, before.st_size)
+                return Uploaded(rel, before.st_size, before.st_mtime_ns, None, digest, False)
+            response = _multipart(store, bucket, key, path, handle, before, digest, stopping)
         version_id = response.get("VersionId")
     return Uploaded(rel, before.st_size, before.st_mtime_ns, version_id, digest)
 
@@ -341,14 +362,10 @@ def _multipart(
     path: str,
     handle: Any,
     before: os.stat_result,
+    digest: bytes,
     stopping: threading.Event,
-) -> tuple[bytes, dict[str, Any]]:
-    # The whole-file SHA-256 goes into the metadata, which is set when the upload
-    # starts: hash first, then send the parts (each with its own checksum).
-    whole = hashlib.sha256()
-    while chunk := handle.read(READ_CHUNK):
-        whole.update(chunk)
-    digest = whole.digest()
+) -> dict[str, Any]:
+    """Send the file in parts, each with its own SHA-256; ``digest`` is the whole file's."""
     part_size = max(store.part_size, -(-before.st_size // 10_000))
     client = store.client
     upload_id = client.create_multipart_upload(
@@ -392,7 +409,7 @@ def _multipart(
         result: dict[str, Any] = client.complete_multipart_upload(
             Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
         )
-        return digest, result
+        return result
     except BaseException:
         try:
             client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)

@@ -100,9 +100,13 @@ def upload_all(
             run.add_problem(Problem(str(folder.path), "upload", message, path), report)
             recorder.add(failed=(item.path, message))
             return
-        report.uploaded += 1
-        report.bytes_uploaded += done.size
-        logger.debug("uploaded %s (%d bytes, version %s)", path, done.size, done.version_id)
+        if done.sent:
+            report.uploaded += 1
+            report.bytes_uploaded += done.size
+            logger.debug("uploaded %s (%d bytes, version %s)", path, done.size, done.version_id)
+        else:
+            report.same_content += 1
+            logger.debug("not uploaded, same bytes as in the bucket (touched only): %s", path)
         recorder.add(done=done)
 
     def settle_finished(block_until_below: int) -> None:
@@ -120,7 +124,14 @@ def upload_all(
                     logger.debug("upload (%s): %s", item.reason, path)
                     key = folder.key_prefix + item.path
                     future = pool.submit(
-                        s3.upload, store, record.bucket, key, path, item.path, stopping
+                        s3.upload,
+                        store,
+                        record.bucket,
+                        key,
+                        path,
+                        item.path,
+                        stopping,
+                        item.in_bucket_sha256,
                     )
                     in_flight[future] = item
             settle_finished(block_until_below=1)

@@ -488,3 +488,35 @@ def test_max_delete_percent_is_configurable(setup: Setup, s3: Any) -> None:
 
     assert result.returncode == 0, result.stderr
     assert "deleted 12/12" in result.stdout
+
+
+def test_touched_files_are_not_uploaded_again(setup: Setup, s3_proxy: CountingProxy) -> None:
+    """A Deep Archive PUT plus a second copy billed for 180 days, for unchanged bytes:
+    a file whose mtime changed but whose SHA-256 equals the upload's is only recorded."""
+    folder = _tree(setup)
+    big = os.urandom(6 * 1024 * 1024)
+    setup.file("Taufbuch 1890/big.tif", big)
+    setup.write_config(backup__multipart_threshold_mb=5, backup__part_size_mb=5)
+    assert setup.run().returncode == 0
+    for rel in ("0001.tif", "empty.tif", "big.tif"):
+        os.utime(folder / rel, (1_800_000_000, 1_800_000_000))  # touch, same bytes
+    s3_proxy.reset_counts()
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert "3 only touched (same bytes, not uploaded again)" in result.stdout
+    assert s3_proxy.requests["PUT object"] == 0
+    assert s3_proxy.requests["POST uploads"] == 0
+    table = setup.table(folder)
+    rows = setup.db(
+        f"SELECT path, mtime_ns, state FROM \"{table}\" WHERE path != 'sub dir/0002 ü.jpg'"
+    )
+    assert sorted(rows) == [
+        ("0001.tif", 1_800_000_000 * 10**9, "backed_up"),
+        ("big.tif", 1_800_000_000 * 10**9, "backed_up"),
+        ("empty.tif", 1_800_000_000 * 10**9, "backed_up"),
+    ]
+    s3_proxy.reset_counts()
+    assert setup.run().returncode == 0
+    assert s3_proxy.total == 0
