@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +19,7 @@ from typing import Annotated
 import typer
 
 from matricula_backup import __version__, notify
-from matricula_backup.config import Settings, load_settings
+from matricula_backup.config import CONFIG_NAME, Settings, load_settings, redact_url, template
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
@@ -27,12 +28,13 @@ from matricula_backup.errors import (
     FatalError,
     LockHeld,
 )
+from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
-from matricula_backup.status import read_status, status_lines
+from matricula_backup.status import read_status, recorded_buckets, status_lines
 from matricula_backup.verify import run_verify
 
 logger = logging.getLogger("matricula_backup")
@@ -152,6 +154,8 @@ def backup(
         typer.echo(f"... {report.error_count - SHOWN_PROBLEMS} more errors in {log_path}", err=True)
     if report.error_count and not dry_run:
         _notify(settings, report, log_path or cache / LOG_NAME)
+    elif settings.notify_on_success and settings.webhook and not dry_run:
+        notify.send(settings.webhook, notify.success_card(report, log_path or cache / LOG_NAME))
     raise typer.Exit(EXIT_WITH_ERRORS if report.error_count else EXIT_OK)
 
 
@@ -309,6 +313,77 @@ def status(
     else:
         for line in status_lines(current):
             typer.echo(line)
+
+
+@app.command()
+def init(cache: CacheOption = None) -> None:
+    """Write a template config.json (mode 600) with every key; edit it, then check-config.
+
+    Example: matricula-backup init --cache /var/lib/matricula-backup
+    """
+    cache, _log_path = _start(cache, False)
+    path = cache / CONFIG_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        typer.echo(f"{path} exists already; not overwritten", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    with os.fdopen(fd, "w") as handle:
+        json.dump(template(), handle, indent=2)
+        handle.write("\n")
+    typer.echo(
+        f"wrote {path}: set backup.folders / backup.roots and the aws and notification "
+        f"keys (see the README), then run: matricula-backup check-config --cache {cache}"
+    )
+
+
+@app.command("check-config")
+def check_config(cache: CacheOption = None) -> None:
+    """Validate config.json and show the backup folders and their buckets; no S3 request.
+
+    Example: matricula-backup check-config --cache /var/lib/matricula-backup
+    """
+    cache, _log_path = _start(cache, False)
+    try:
+        settings = _load(cache)
+        folders, problems = backup_folders(settings)
+    except FatalError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    recorded = recorded_buckets(cache)
+    for folder in folders:
+        state = "" if folder.path.is_dir() else "  (missing: not mounted?)"
+        bucket = recorded.get(str(folder.path)) or bucket_name(folder.path, settings.bucket_prefix)
+        typer.echo(f"{folder.path} ({folder.source}) -> bucket {bucket}{state}")
+    for problem in problems:
+        typer.echo(f"problem: {problem.message}", err=True)
+    missing = [folder for folder in folders if not folder.path.is_dir()]
+    webhook = redact_url(settings.webhook) if settings.webhook else "none (errors are only logged)"
+    typer.echo(f"config.json is valid: {len(folders)} backup folders, webhook {webhook}")
+    raise typer.Exit(EXIT_WITH_ERRORS if problems or missing else EXIT_OK)
+
+
+@app.command("notify-test")
+def notify_test(cache: CacheOption = None) -> None:
+    """Send a test card to notification.webhook, to see that it reaches the channel.
+
+    Example: matricula-backup notify-test --cache /var/lib/matricula-backup
+    """
+    cache, _log_path = _start(cache, False)
+    try:
+        settings = _load(cache)
+    except FatalError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if not settings.webhook:
+        typer.echo("config.json has no notification.webhook", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    where = redact_url(settings.webhook)
+    if notify.send(settings.webhook, notify.test_card(socket.gethostname(), cache / CONFIG_NAME)):
+        typer.echo(f"test message accepted by {where}")
+        raise typer.Exit(EXIT_OK)
+    typer.echo(f"test message NOT accepted by {where}: see {cache / LOG_NAME}", err=True)
+    raise typer.Exit(EXIT_WITH_ERRORS)
 
 
 def _start(cache: Path | None, verbose: bool) -> tuple[Path, Path | None]:

@@ -44,7 +44,7 @@ _ALLOWED: dict[str, set[str]] = {
         "multipart_threshold_mb",
         "max_delete_percent",
     },
-    "notification": {"webhook"},
+    "notification": {"webhook", "on_success"},
     "aws": {
         "access_key",
         "secret_access_key",
@@ -82,6 +82,7 @@ class Settings:
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD_MB * MIB
     max_delete_percent: int = DEFAULT_MAX_DELETE_PERCENT
     webhook: str | None = field(default=None, repr=False)
+    notify_on_success: bool = False
     aws: AwsSettings = AwsSettings()
     warnings: tuple[str, ...] = ()  # not errors: printed and logged, the run goes on
 
@@ -185,6 +186,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         part_size=part_size,
         multipart_threshold=threshold,
         webhook=webhook or None,
+        notify_on_success=_bool(notification, "notification", "on_success"),
         aws=AwsSettings(
             access_key=access_key or None,
             secret_access_key=secret_key or None,
@@ -264,6 +266,37 @@ def _int(
             f"not {value!r}"
         )
     return value
+
+
+def _bool(section: dict[str, Any], name: str, key: str) -> bool:
+    value = section.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{CONFIG_NAME}: {name}.{key}: must be true or false, not {_kind(value)}")
+    return value
+
+
+def template() -> dict[str, Any]:
+    """config.json as ``init`` writes it: every key, optional ones at their default."""
+    return {
+        "backup": {
+            "folders": ["/path/to/an/image/folder"],
+            "roots": [],
+            "bucket_prefix": "",
+            "workers": DEFAULT_WORKERS,
+            "part_size_mb": DEFAULT_PART_SIZE_MB,
+            "multipart_threshold_mb": DEFAULT_MULTIPART_THRESHOLD_MB,
+            "max_delete_percent": DEFAULT_MAX_DELETE_PERCENT,
+        },
+        "notification": {"webhook": None, "on_success": False},
+        "aws": {
+            "access_key": None,
+            "secret_access_key": None,
+            "region": None,
+            "endpoint_url": None,
+            "retry_mode": DEFAULT_RETRY_MODE,
+            "max_attempts": DEFAULT_MAX_ATTEMPTS,
+        },
+    }
 
 
 def _check_url(url: str, where: str, secret: bool) -> None:

@@ -44,14 +44,7 @@ def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
     ]
     failing = sorted({problem.folder for problem in report.problems})
     body: list[dict[str, Any]] = [
-        {
-            "type": "TextBlock",
-            "size": "Large",
-            "weight": "Bolder",
-            "color": "Attention",
-            "wrap": True,
-            "text": f"Matricula backup on {report.hostname}: {report.error_count} errors",
-        },
+        _title(f"Matricula backup on {report.hostname}: {report.error_count} errors", "Attention"),
         {"type": "FactSet", "facts": facts},
         {"type": "TextBlock", "weight": "Bolder", "wrap": True, "text": "Folders with errors"},
         {"type": "TextBlock", "wrap": True, "text": "\n".join(f"- {f}" for f in failing[:20])},
@@ -79,7 +72,66 @@ def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
             "`SELECT * FROM problems WHERE run_id = (SELECT max(id) FROM runs)` in state.db.",
         }
     )
-    card = {
+    card = _envelope(body)
+    # Long paths could still push it over the limit: drop error lines until it fits.
+    while len(json.dumps(card).encode()) > MAX_PAYLOAD_BYTES and len(body) > 6:
+        body.pop(-2)
+    return card
+
+
+def success_card(report: RunReport, log_path: Path) -> dict[str, Any]:
+    """The notice of a run without errors (only with notification.on_success)."""
+    total = report.totals()
+    return _envelope(
+        [
+            _title(f"Matricula backup on {report.hostname}: done", "Good"),
+            {
+                "type": "FactSet",
+                "facts": [
+                    {"title": "Folders", "value": str(len(report.folders))},
+                    {"title": "Files on disk", "value": str(total.files_seen)},
+                    {
+                        "title": "Uploaded",
+                        "value": f"{total.uploaded} files ({human_bytes(total.bytes_uploaded)})",
+                    },
+                    {"title": "Deleted", "value": str(total.deleted)},
+                    {"title": "S3 requests", "value": str(report.s3_requests)},
+                    {"title": "Log", "value": str(log_path)},
+                ],
+            },
+        ]
+    )
+
+
+def test_card(hostname: str, config_path: Path) -> dict[str, Any]:
+    """What ``notify-test`` sends: proof that the webhook reaches the channel."""
+    return _envelope(
+        [
+            _title(f"Matricula backup on {hostname}: test message", "Accent"),
+            {
+                "type": "TextBlock",
+                "wrap": True,
+                "text": f"This channel will be told when a backup run has errors. "
+                f"Sent by `matricula-backup notify-test` with {config_path}.",
+            },
+        ]
+    )
+
+
+def _title(text: str, color: str) -> dict[str, Any]:
+    return {
+        "type": "TextBlock",
+        "size": "Large",
+        "weight": "Bolder",
+        "color": color,
+        "wrap": True,
+        "text": text,
+    }
+
+
+def _envelope(body: list[dict[str, Any]]) -> dict[str, Any]:
+    """The message envelope both Teams connectors and Workflows accept."""
+    return {
         "type": "message",
         "attachments": [
             {
@@ -95,10 +147,6 @@ def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
             }
         ],
     }
-    # Long paths could still push it over the limit: drop error lines until it fits.
-    while len(json.dumps(card).encode()) > MAX_PAYLOAD_BYTES and len(body) > 6:
-        body.pop(-2)
-    return card
 
 
 def send(webhook: str, payload: dict[str, Any], timeout: float = TIMEOUT_SECONDS) -> bool:

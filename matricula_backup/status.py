@@ -92,6 +92,20 @@ def read_status(cache_dir: Path) -> Status:
     return status
 
 
+def recorded_buckets(cache_dir: Path) -> dict[str, str]:
+    """folder path -> its recorded bucket, from state.db if there is one (read-only)."""
+    if not (cache_dir / DB_NAME).exists():
+        return {}
+    engine = open_state_db_for_dry_run(cache_dir)
+    try:
+        with engine.connect() as conn:
+            return {
+                row[0]: row[1] for row in conn.exec_driver_sql("SELECT path, bucket FROM folders")
+            }
+    finally:
+        engine.dispose()
+
+
 def _run(conn: Connection, where: str) -> RunInfo | None:
     row = conn.exec_driver_sql(
         f"SELECT id, started_at, finished_at, outcome, files_uploaded, errors FROM runs {where} "

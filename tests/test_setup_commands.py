@@ -1,0 +1,91 @@
+"""init, check-config, notify-test and the optional notice of a successful run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CLI, Setup
+
+
+def test_init_writes_an_owner_only_template_that_check_config_reads(tmp_path: Path) -> None:
+    result = subprocess.run([CLI, "init", "--cache", str(tmp_path)], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    config = tmp_path / "config.json"
+    assert config.stat().st_mode & 0o777 == 0o600
+    data = json.loads(config.read_text())
+    assert data["backup"]["workers"] == 8 and data["aws"]["retry_mode"] == "standard"
+    assert data["notification"] == {"webhook": None, "on_success": False}
+
+    again = subprocess.run([CLI, "init", "--cache", str(tmp_path)], capture_output=True, text=True)
+    assert again.returncode == 2 and "not overwritten" in again.stderr
+
+    check = subprocess.run(
+        [CLI, "check-config", "--cache", str(tmp_path)], capture_output=True, text=True
+    )
+    assert check.returncode == 1  # valid, but the placeholder folder does not exist
+    assert "/path/to/an/image/folder (backup.folders[0]) -> bucket folder-" in check.stdout
+    assert "(missing: not mounted?)" in check.stdout
+    assert "config.json is valid: 1 backup folders" in check.stdout
+
+
+def test_check_config_shows_recorded_buckets_and_reports_errors(setup: Setup) -> None:
+    setup.file("Band/a.tif")
+    setup.write_config(backup__folders=[str(setup.images / "Band")])
+    assert setup.run().returncode == 0
+    bucket = setup.bucket(setup.images / "Band")
+    setup.write_config(backup__bucket_prefix="changed-")
+
+    ok = setup.run("check-config")
+
+    assert ok.returncode == 0, ok.stderr
+    assert f"-> bucket {bucket}" in ok.stdout  # the recorded one, not a new derivation
+    setup.write_config(backup__workers=0)
+    bad = setup.run("check-config")
+    assert bad.returncode == 2 and "backup.workers: must be a whole number" in bad.stderr
+
+
+def test_notify_test_sends_a_card(setup: Setup, httpserver: Any) -> None:
+    httpserver.expect_request("/hook").respond_with_data("1")
+    setup.write_config(
+        backup__folders=["/images"], notification__webhook=httpserver.url_for("/hook") + "?sig=X"
+    )
+
+    result = setup.run("notify-test")
+
+    assert result.returncode == 0, result.stderr
+    assert "test message accepted by http://localhost/…" in result.stdout
+    assert "sig=X" not in result.stdout
+    payload = httpserver.log[0][0].get_json()
+    assert "test message" in json.dumps(payload)
+
+
+def test_notify_test_reports_a_refusal(setup: Setup, httpserver: Any) -> None:
+    httpserver.expect_request("/hook").respond_with_data("Bad Request", status=400)
+    setup.write_config(
+        backup__folders=["/images"], notification__webhook=httpserver.url_for("/hook")
+    )
+
+    result = setup.run("notify-test")
+
+    assert result.returncode == 1
+    assert "NOT accepted" in result.stderr
+
+
+def test_on_success_sends_a_notice_after_a_clean_run(setup: Setup, httpserver: Any) -> None:
+    httpserver.expect_request("/hook").respond_with_data("", status=202)
+    setup.file("Band/a.tif")
+    setup.write_config(
+        backup__folders=[str(setup.images / "Band")],
+        notification__webhook=httpserver.url_for("/hook"),
+        notification__on_success=True,
+    )
+
+    assert setup.run().returncode == 0
+    assert setup.run("--dry-run").returncode == 0  # a dry run sends nothing
+
+    assert len(httpserver.log) == 1
+    assert ": done" in json.dumps(httpserver.log[0][0].get_json())
