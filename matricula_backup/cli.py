@@ -97,6 +97,15 @@ def backup(
             "looks like an unmounted share).",
         ),
     ] = False,
+    folder: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--folder",
+            help="Back up only this backup folder (repeat for more); the others are left "
+            "alone this run.",
+            show_default=False,
+        ),
+    ] = None,
     verbose: VerboseOption = False,
     version: Annotated[
         bool | None,
@@ -115,7 +124,12 @@ def backup(
     settings: Settings | None = None
     try:
         settings = _load(cache)
-        options = RunOptions(dry_run=dry_run, reset=reset, allow_mass_delete=allow_mass_delete)
+        options = RunOptions(
+            dry_run=dry_run,
+            reset=reset,
+            allow_mass_delete=allow_mass_delete,
+            only=tuple(Path(os.path.normpath(path.absolute())) for path in folder or ()),
+        )
         if dry_run:
             report = run_backup(settings, options)
         else:
@@ -143,8 +157,8 @@ def backup(
         )
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
 
-    for folder in report.folders:
-        typer.echo(folder_line(folder, dry_run))
+    for entry in report.folders:
+        typer.echo(folder_line(entry, dry_run))
     summary = run_line(report)
     typer.echo(summary)
     logger.info("%s", summary)

@@ -43,6 +43,7 @@ _ALLOWED: dict[str, set[str]] = {
         "part_size_mb",
         "multipart_threshold_mb",
         "max_delete_percent",
+        "exclude",
     },
     "notification": {"webhook", "on_success"},
     "aws": {
@@ -81,6 +82,7 @@ class Settings:
     part_size: int = DEFAULT_PART_SIZE_MB * MIB
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD_MB * MIB
     max_delete_percent: int = DEFAULT_MAX_DELETE_PERCENT
+    exclude: tuple[str, ...] = ()  # glob patterns, see exclude.py
     webhook: str | None = field(default=None, repr=False)
     notify_on_success: bool = False
     aws: AwsSettings = AwsSettings()
@@ -182,6 +184,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         roots=roots,
         bucket_prefix=prefix,
         workers=_int(backup, "workers", DEFAULT_WORKERS, 1, 64),
+        exclude=_patterns(backup),
         max_delete_percent=_int(backup, "max_delete_percent", DEFAULT_MAX_DELETE_PERCENT, 0, 100),
         part_size=part_size,
         multipart_threshold=threshold,
@@ -268,6 +271,23 @@ def _int(
     return value
 
 
+def _patterns(section: dict[str, Any]) -> tuple[str, ...]:
+    value = section.get("exclude", [])
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{CONFIG_NAME}: backup.exclude: must be a list of glob patterns, not {_kind(value)}"
+        )
+    for index, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip("/"):
+            raise ConfigError(
+                f"{CONFIG_NAME}: backup.exclude[{index}]: must be a glob pattern such as "
+                f'"*.tmp", not {item!r}'
+            )
+    return tuple(value)
+
+
 def _bool(section: dict[str, Any], name: str, key: str) -> bool:
     value = section.get(key, False)
     if not isinstance(value, bool):
@@ -286,6 +306,7 @@ def template() -> dict[str, Any]:
             "part_size_mb": DEFAULT_PART_SIZE_MB,
             "multipart_threshold_mb": DEFAULT_MULTIPART_THRESHOLD_MB,
             "max_delete_percent": DEFAULT_MAX_DELETE_PERCENT,
+            "exclude": [],
         },
         "notification": {"webhook": None, "on_success": False},
         "aws": {

@@ -48,6 +48,7 @@ class FolderReport:
     deleted: int = 0
     already_in_bucket: int = 0  # matched by a --reset against the bucket listing
     same_content: int = 0  # mtime changed, bytes equal to the bucket's: not uploaded
+    excluded: int = 0  # files and folders matched by backup.exclude
     errors: int = 0
 
 
@@ -110,18 +111,19 @@ def human_bytes(count: int) -> str:
 
 def folder_line(report: FolderReport, dry_run: bool) -> str:
     """One line per backup folder, for stdout and the log."""
+    excluded = f"; {report.excluded} excluded by backup.exclude" if report.excluded else ""
     if dry_run:
         return (
             f"{report.folder} -> s3://{report.bucket}: would upload {report.to_upload} files "
             f"({human_bytes(report.bytes_to_upload)}), would delete {report.to_delete} files "
             f"({human_bytes(report.bytes_to_delete)}); {report.files_seen} files "
-            f"({human_bytes(report.bytes_seen)}) on disk"
+            f"({human_bytes(report.bytes_seen)}) on disk{excluded}"
         )
     line = (
         f"{report.folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
         f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"
         f"{report.to_delete}; {report.files_seen} files ({human_bytes(report.bytes_seen)}) "
-        f"on disk"
+        f"on disk{excluded}"
     )
     if report.already_in_bucket:
         line += f"; {report.already_in_bucket} found already in the bucket"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
@@ -18,7 +19,8 @@ from matricula_backup import queues, s3, worker
 from matricula_backup.config import Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
-from matricula_backup.errors import FolderError
+from matricula_backup.errors import ConfigError, FolderError
+from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder, backup_folders
 from matricula_backup.report import FolderReport, Problem, RunReport, folder_line
 from matricula_backup.scan import scan_folder
@@ -55,6 +57,7 @@ class RunOptions:
     dry_run: bool = False
     reset: bool = False
     allow_mass_delete: bool = False
+    only: tuple[Path, ...] = ()  # --folder: back up just these backup folders
 
 
 def run_backup(settings: Settings, options: RunOptions) -> RunReport:
@@ -62,6 +65,9 @@ def run_backup(settings: Settings, options: RunOptions) -> RunReport:
     dry_run, reset = options.dry_run, options.reset
     report = RunReport(dry_run=dry_run, reset=reset)
     folders, problems = backup_folders(settings)
+    if options.only:
+        folders = _only(folders, options.only)
+        problems = []  # about the other folders
     for problem in problems:
         report.add_problem(problem)
     engine: Engine = (
@@ -76,7 +82,9 @@ def run_backup(settings: Settings, options: RunOptions) -> RunReport:
             if not dry_run:
                 run_id = records.start_run(conn, "reset" if reset else "backup", report.hostname)
                 if reset:
-                    dropped = records.drop_files_tables(conn)
+                    dropped = records.drop_files_tables(
+                        conn, [str(folder.path) for folder in folders] if options.only else None
+                    )
                     logger.info("--reset: dropped %d files tables; rebuilding them", len(dropped))
             outcome = "failed"
             try:
@@ -133,7 +141,13 @@ def _backup_folder(
         elif fresh_table:
             records.create_empty_temp_table(conn, record)
 
-        scanned = scan_folder(conn, folder, lambda problem: run.add_problem(problem, report))
+        scanned = scan_folder(
+            conn,
+            folder,
+            lambda problem: run.add_problem(problem, report),
+            Excludes(settings.exclude),
+        )
+        report.excluded = scanned.excluded
         report.files_seen, report.bytes_seen = scanned.files, scanned.bytes
         if scanned.skipped_special:
             logger.info(
@@ -201,6 +215,17 @@ def _backup_folder(
         conn.rollback()
     finally:
         logger.info("%s", folder_line(report, dry_run))
+
+
+def _only(folders: list[BackupFolder], wanted: tuple[Path, ...]) -> list[BackupFolder]:
+    known = {folder.path: folder for folder in folders}
+    unknown = [str(path) for path in wanted if path not in known]
+    if unknown:
+        raise ConfigError(
+            f"--folder {', '.join(unknown)}: not a backup folder of config.json "
+            "(matricula-backup check-config lists them)"
+        )
+    return [known[path] for path in wanted]
 
 
 def _mass_delete_refusal(

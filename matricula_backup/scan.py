@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder
 from matricula_backup.report import Problem
 
@@ -33,6 +34,7 @@ class ScanResult:
     files: int = 0
     bytes: int = 0
     skipped_special: int = 0  # symlinks, FIFOs, sockets, devices
+    excluded: int = 0  # files and folders matched by backup.exclude
     root_readable: bool = True
 
 
@@ -47,7 +49,10 @@ def create_scan_tables(conn: Connection) -> None:
 
 
 def scan_folder(
-    conn: Connection, folder: BackupFolder, on_problem: Callable[[Problem], None]
+    conn: Connection,
+    folder: BackupFolder,
+    on_problem: Callable[[Problem], None],
+    excludes: Excludes | None = None,
 ) -> ScanResult:
     """Fill ``temp.scan`` with every regular file below ``folder``; report what is unreadable."""
     create_scan_tables(conn)
@@ -90,6 +95,10 @@ def scan_folder(
                         _printable(entry.path),
                     )
                 )
+                continue
+            if excludes and excludes.excluded(entry.name, rel):
+                result.excluded += 1
+                logger.debug("excluded by backup.exclude: %s", entry.path)
                 continue
             try:
                 if entry.is_dir(follow_symlinks=False):

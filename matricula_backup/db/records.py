@@ -202,12 +202,15 @@ def finish_run(conn: Connection, run_id: int, report: RunReport, outcome: str) -
     conn.commit()
 
 
-def drop_files_tables(conn: Connection) -> list[str]:
-    """--reset: drop every folder's files table (the bucket records stay)."""
-    names = [row.table_name for row in conn.execute(select(folders.c.table_name))]
+def drop_files_tables(conn: Connection, paths: list[str] | None = None) -> list[str]:
+    """--reset: drop the files tables (of ``paths``, or all); the bucket records stay."""
+    query = select(folders.c.table_name)
+    if paths is not None:
+        query = query.where(folders.c.path.in_(paths))
+    names = [row.table_name for row in conn.execute(query)]
     for name in names:
         conn.execute(text(f'DROP TABLE IF EXISTS "{name}"'))
-    conn.execute(update(folders).values(listed_at=None))
+    conn.execute(update(folders).where(folders.c.table_name.in_(names)).values(listed_at=None))
     conn.commit()
     return names
 
