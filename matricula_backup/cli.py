@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +32,7 @@ from matricula_backup.errors import (
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
+from matricula_backup.progress import TerminalProgress
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
@@ -97,6 +99,12 @@ def backup(
             "looks like an unmounted share).",
         ),
     ] = False,
+    quiet: Annotated[
+        bool,
+        typer.Option(
+            "--quiet", "-q", help="Print nothing but errors (the exit code tells the outcome)."
+        ),
+    ] = False,
     folder: Annotated[
         list[Path] | None,
         typer.Option(
@@ -139,7 +147,9 @@ def backup(
                     __version__,
                     ", --reset" if reset else "",
                 )
-                report = run_backup(settings, options)
+                # A live display on a terminal; under cron (no TTY) only the summary.
+                live = sys.stdout.isatty() and not quiet
+                report = run_backup(settings, options, TerminalProgress() if live else None)
     except FatalError as exc:
         logger.error("%s", exc)
         if settings is not None and not dry_run and not isinstance(exc, LockHeld):
@@ -157,10 +167,11 @@ def backup(
         )
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
 
-    for entry in report.folders:
-        typer.echo(folder_line(entry, dry_run))
     summary = run_line(report)
-    typer.echo(summary)
+    if not quiet:
+        for entry in report.folders:
+            typer.echo(folder_line(entry, dry_run))
+        typer.echo(summary)
     logger.info("%s", summary)
     for problem in report.problems[:SHOWN_PROBLEMS]:
         typer.echo(f"error: {problem}", err=True)

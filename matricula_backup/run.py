@@ -22,6 +22,7 @@ from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
 from matricula_backup.errors import ConfigError, FolderError
 from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder, backup_folders
+from matricula_backup.progress import NoProgress, RunProgress
 from matricula_backup.report import FolderReport, Problem, RunReport, folder_line
 from matricula_backup.scan import scan_folder
 
@@ -60,7 +61,9 @@ class RunOptions:
     only: tuple[Path, ...] = ()  # --folder: back up just these backup folders
 
 
-def run_backup(settings: Settings, options: RunOptions) -> RunReport:
+def run_backup(
+    settings: Settings, options: RunOptions, progress: RunProgress | None = None
+) -> RunReport:
     """Back up every folder; problems are collected in the report, never raised per file."""
     dry_run, reset = options.dry_run, options.reset
     report = RunReport(dry_run=dry_run, reset=reset)
@@ -76,6 +79,7 @@ def run_backup(settings: Settings, options: RunOptions) -> RunReport:
         else open_state_db(settings.cache_dir)
     )
     store = _LazyStore(settings)
+    progress = progress or NoProgress()
     try:
         with engine.connect() as conn:
             run_id = None
@@ -89,7 +93,7 @@ def run_backup(settings: Settings, options: RunOptions) -> RunReport:
             outcome = "failed"
             try:
                 for folder in folders:
-                    _backup_folder(conn, settings, folder, store, report, options)
+                    _backup_folder(conn, settings, folder, store, report, options, progress)
                 outcome = "errors" if report.error_count else "ok"
             except KeyboardInterrupt:
                 report.interrupted = True
@@ -102,6 +106,7 @@ def run_backup(settings: Settings, options: RunOptions) -> RunReport:
                     records.record_problems(conn, run_id, report)
                     records.finish_run(conn, run_id, report, outcome)
     finally:
+        progress.close()
         engine.dispose()
     if store.store is not None:
         logger.info("S3 requests by operation: %s", dict(store.store.counter.by_operation))
@@ -115,6 +120,7 @@ def _backup_folder(
     store: _LazyStore,
     run: RunReport,
     options: RunOptions,
+    progress: RunProgress,
 ) -> None:
     dry_run = options.dry_run
     record = records.lookup_folder(conn, folder, settings.bucket_prefix)
@@ -141,6 +147,7 @@ def _backup_folder(
         elif fresh_table:
             records.create_empty_temp_table(conn, record)
 
+        progress.scanning(source)
         scanned = scan_folder(
             conn,
             folder,
@@ -192,7 +199,8 @@ def _backup_folder(
             run.add_problem(Problem(source, "bucket", repaired), report)
         if not record.bucket_ready:
             records.mark_bucket_ready(conn, record)
-        worker.upload_all(conn, store.get(), record, settings.workers, report, run)
+        progress.uploading(source, report.to_upload, report.bytes_to_upload)
+        worker.upload_all(conn, store.get(), record, settings.workers, report, run, progress)
         worker.delete_all(conn, store.get(), record, report, run)
     except FolderError as exc:
         run.add_problem(Problem(source, "bucket", str(exc)), report)

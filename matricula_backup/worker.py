@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 
 from matricula_backup import queues, s3
 from matricula_backup.db.records import FolderRecord
+from matricula_backup.progress import RunProgress
 from matricula_backup.queues import Uploaded, UploadItem
 from matricula_backup.report import FolderReport, Problem, RunReport
 
@@ -68,6 +69,7 @@ def upload_all(
     workers: int,
     report: FolderReport,
     run: RunReport,
+    progress: RunProgress,
 ) -> None:
     """Upload everything in ``upload_queue`` of this folder."""
     folder = record.folder
@@ -75,7 +77,7 @@ def upload_all(
     in_flight: dict[Future[Uploaded], UploadItem] = {}
     stopping = threading.Event()
 
-    def settle(future: Future[Uploaded], item: UploadItem) -> None:
+    def _settle(future: Future[Uploaded], item: UploadItem) -> None:
         path = os.path.join(folder.path, item.path)
         try:
             done = future.result()
@@ -108,6 +110,11 @@ def upload_all(
             report.same_content += 1
             logger.debug("not uploaded, same bytes as in the bucket (touched only): %s", path)
         recorder.add(done=done)
+
+    def settle(future: Future[Uploaded], item: UploadItem) -> None:
+        errors_before = report.errors
+        _settle(future, item)
+        progress.advance(item.size, error=report.errors > errors_before)
 
     def settle_finished(block_until_below: int) -> None:
         while len(in_flight) >= block_until_below and in_flight:
