@@ -36,7 +36,13 @@ from matricula_backup.progress import TerminalProgress
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
-from matricula_backup.status import read_status, recorded_buckets, status_lines
+from matricula_backup.status import (
+    history_lines,
+    read_history,
+    read_status,
+    recorded_buckets,
+    status_lines,
+)
 from matricula_backup.verify import run_verify
 
 logger = logging.getLogger("matricula_backup")
@@ -337,6 +343,29 @@ def status(
         typer.echo(json.dumps(asdict(current), indent=2))
     else:
         for line in status_lines(current):
+            typer.echo(line)
+
+
+@app.command()
+def history(
+    cache: CacheOption = None,
+    last: Annotated[int, typer.Option(min=1, help="How many runs to show.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The last runs, newest first, with what each did per backup folder.
+
+    Example: matricula-backup history --cache /var/lib/matricula-backup --last 30
+    """
+    cache, _log_path = _start(cache, False)
+    try:
+        runs = read_history(cache, last)
+    except FatalError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if as_json:
+        typer.echo(json.dumps([asdict(run) for run in runs], indent=2))
+    else:
+        for line in history_lines(runs):
             typer.echo(line)
 
 

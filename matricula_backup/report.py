@@ -49,6 +49,9 @@ class FolderReport:
     already_in_bucket: int = 0  # matched by a --reset against the bucket listing
     same_content: int = 0  # mtime changed, bytes equal to the bucket's: not uploaded
     excluded: int = 0  # files and folders matched by backup.exclude
+    s3_requests: int = 0
+    started_at: int = 0
+    finished_at: int = 0
     errors: int = 0
 
 

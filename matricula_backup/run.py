@@ -10,6 +10,7 @@ next run scans again and finds in the files tables what S3 already confirmed.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,8 +125,11 @@ def _backup_folder(
 ) -> None:
     dry_run = options.dry_run
     record = records.lookup_folder(conn, folder, settings.bucket_prefix)
-    report = FolderReport(folder=str(folder.path), bucket=record.bucket)
+    report = FolderReport(
+        folder=str(folder.path), bucket=record.bucket, started_at=int(time.time())
+    )
     run.folders.append(report)
+    requests_before = store.requests
     source = str(folder.path)
     if not folder.path.is_dir():
         run.add_problem(
@@ -222,6 +226,8 @@ def _backup_folder(
         )
         conn.rollback()
     finally:
+        report.finished_at = int(time.time())
+        report.s3_requests = store.requests - requests_before
         logger.info("%s", folder_line(report, dry_run))
 
 

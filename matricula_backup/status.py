@@ -118,9 +118,7 @@ def _run(conn: Connection, where: str) -> RunInfo | None:
 
 
 def status_lines(status: Status) -> list[str]:
-    def when(seconds: int | None) -> str:
-        return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "never"
-
+    when = _when
     if not status.folders and status.last_run is None:
         return [f"{status.database}: no backup has run yet"]
     lines = []
@@ -144,3 +142,90 @@ def status_lines(status: Status) -> list[str]:
                 f"{run.files_uploaded} files uploaded, {run.errors} errors"
             )
     return lines
+
+
+@dataclass
+class FolderRun:
+    folder: str
+    bucket: str
+    files_seen: int
+    files_uploaded: int
+    bytes_uploaded: int
+    files_deleted: int
+    files_same_content: int
+    errors: int
+    s3_requests: int
+    seconds: int | None
+
+
+@dataclass
+class HistoryRun:
+    id: int
+    started_at: int
+    finished_at: int | None
+    hostname: str
+    mode: str
+    outcome: str
+    files_uploaded: int
+    bytes_uploaded: int
+    files_deleted: int
+    errors: int
+    s3_requests: int
+    folders: list[FolderRun] = field(default_factory=list)
+
+
+def read_history(cache_dir: Path, limit: int) -> list[HistoryRun]:
+    """The last ``limit`` real runs, newest first, each with its per-folder counts."""
+    if not (cache_dir / DB_NAME).exists():
+        return []
+    engine = open_state_db_for_dry_run(cache_dir)
+    try:
+        with engine.connect() as conn:
+            runs = [
+                HistoryRun(*row)
+                for row in conn.exec_driver_sql(
+                    "SELECT id, started_at, finished_at, hostname, mode, outcome, files_uploaded, "
+                    "bytes_uploaded, files_deleted, errors, s3_requests FROM runs "
+                    "ORDER BY id DESC LIMIT ?",
+                    (limit,),
+                ).all()
+            ]
+            for run in runs:
+                run.folders = [
+                    FolderRun(*row)
+                    for row in conn.exec_driver_sql(
+                        "SELECT folder, bucket, files_seen, files_uploaded, bytes_uploaded, "
+                        "files_deleted, files_same_content, errors, s3_requests, "
+                        "finished_at - started_at FROM run_folders WHERE run_id = ? "
+                        "ORDER BY folder",
+                        (run.id,),
+                    ).all()
+                ]
+    finally:
+        engine.dispose()
+    return runs
+
+
+def history_lines(runs: list[HistoryRun]) -> list[str]:
+    if not runs:
+        return ["no backup has run yet"]
+    lines = []
+    for run in runs:
+        took = f"{run.finished_at - run.started_at} s" if run.finished_at else "still running?"
+        lines.append(
+            f"#{run.id} {_when(run.started_at)} {run.mode} {run.outcome} ({took}): "
+            f"{run.files_uploaded} files ({human_bytes(run.bytes_uploaded)}) uploaded, "
+            f"{run.files_deleted} deleted, {run.errors} errors, {run.s3_requests} S3 requests"
+        )
+        for entry in run.folders:
+            lines.append(
+                f"    {entry.folder}: {entry.files_seen} files, {entry.files_uploaded} uploaded "
+                f"({human_bytes(entry.bytes_uploaded)}), {entry.files_deleted} deleted, "
+                f"{entry.files_same_content} only touched, {entry.errors} errors, "
+                f"{entry.s3_requests} requests"
+            )
+    return lines
+
+
+def _when(seconds: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "never"

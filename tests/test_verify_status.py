@@ -115,3 +115,21 @@ def test_status_before_any_backup(setup: Setup) -> None:
     assert result.returncode == 0
     assert "no backup has run yet" in result.stdout
     assert not (setup.cache / "state.db").exists()
+
+
+def test_history_lists_runs_with_per_folder_counts(setup: Setup) -> None:
+    folder, _bucket = _backed_up(setup)
+    setup.file("Band/d.tif", b"dd")
+    (folder / "a.tif").unlink()
+    assert setup.run().returncode == 0
+
+    text = setup.run("history")
+    data = json.loads(setup.run("history", "--json", "--last", "1").stdout)
+
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("#2 ") and "backup ok" in lines[0]
+    assert "1 files (2 B) uploaded, 1 deleted, 0 errors" in lines[0]
+    assert f"    {folder}: 3 files, 1 uploaded (2 B), 1 deleted" in lines[1]
+    assert lines[2].startswith("#1 ") and "3 files (1.5 KiB) uploaded" in lines[2]
+    assert len(data) == 1 and data[0]["folders"][0]["files_uploaded"] == 1
+    assert data[0]["folders"][0]["s3_requests"] == 4  # 2 bucket checks, 1 PUT, 1 DeleteObjects

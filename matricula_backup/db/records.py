@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, delete, func, insert, select, text, update
 
-from matricula_backup.db.schema import files_table_ddl, folders, problems, runs
+from matricula_backup.db.schema import files_table_ddl, folders, problems, run_folders, runs
 from matricula_backup.errors import FolderError
 from matricula_backup.folders import BackupFolder, bucket_name, table_name
 from matricula_backup.report import Problem, RunReport
@@ -191,6 +191,29 @@ def finish_run(conn: Connection, run_id: int, report: RunReport, outcome: str) -
             s3_requests=report.s3_requests,
         )
     )
+    if report.folders:
+        conn.execute(
+            insert(run_folders),
+            [
+                {
+                    "run_id": run_id,
+                    "folder": entry.folder,
+                    "bucket": entry.bucket,
+                    "started_at": entry.started_at or None,
+                    "finished_at": entry.finished_at or None,
+                    "files_seen": entry.files_seen,
+                    "bytes_seen": entry.bytes_seen,
+                    "files_uploaded": entry.uploaded,
+                    "bytes_uploaded": entry.bytes_uploaded,
+                    "files_deleted": entry.deleted,
+                    "files_same_content": entry.same_content,
+                    "files_excluded": entry.excluded,
+                    "errors": entry.errors,
+                    "s3_requests": entry.s3_requests,
+                }
+                for entry in report.folders
+            ],
+        )
     # Years of nightly runs: keep the problems of the last runs only.
     oldest_kept = conn.execute(
         select(func.min(runs.c.id)).where(

@@ -6,6 +6,7 @@ Fixed tables (created and upgraded by the alembic migrations in ``migrations/``)
   then always read from here) and the name of its files table.
 - ``runs``: one row per real run (dry runs write nothing): when, outcome, counts.
 - ``problems``: every error met by a run, with its folder, file and message.
+- ``run_folders``: what each run did per backup folder (``history``).
 - ``restores``: every object version a restore asked S3 for, and where it went.
 
 One files table per backup folder, named ``files_<bucket with _ for ->``. Its
@@ -74,6 +75,27 @@ problems = Table(
     Index("ix_problems_run_id", "run_id"),
 )
 
+run_folders = Table(
+    "run_folders",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("folder", Text, nullable=False),
+    Column("bucket", Text, nullable=False),
+    Column("started_at", Integer),
+    Column("finished_at", Integer),
+    Column("files_seen", Integer, nullable=False, server_default=text("0")),
+    Column("bytes_seen", Integer, nullable=False, server_default=text("0")),
+    Column("files_uploaded", Integer, nullable=False, server_default=text("0")),
+    Column("bytes_uploaded", Integer, nullable=False, server_default=text("0")),
+    Column("files_deleted", Integer, nullable=False, server_default=text("0")),
+    Column("files_same_content", Integer, nullable=False, server_default=text("0")),
+    Column("files_excluded", Integer, nullable=False, server_default=text("0")),
+    Column("errors", Integer, nullable=False, server_default=text("0")),
+    Column("s3_requests", Integer, nullable=False, server_default=text("0")),
+    Index("ix_run_folders_run_id", "run_id"),
+)
+
 restores = Table(
     "restores",
     metadata,
@@ -129,5 +151,6 @@ __all__ = [
     "metadata",
     "problems",
     "restores",
+    "run_folders",
     "runs",
 ]
