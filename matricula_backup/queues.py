@@ -6,8 +6,10 @@ on disk now). Outputs, as temporary tables:
 - ``upload_queue``: files on disk with no confirmed upload of this exact size
   and mtime (new, changed, or failed before);
 - ``delete_queue``: rows of files no longer on disk, except below anything the
-  scan could not read. ``in_bucket`` says whether S3 holds a version of it;
-  rows never uploaded are simply forgotten.
+  scan could not read. ``in_bucket`` says whether S3 may hold a version of it:
+  a confirmed upload, or an attempt whose answer never came (a kill, a lost
+  response) once the bucket exists. Only rows that cannot be in the bucket are
+  simply forgotten.
 
 The worker drains the queues in batches and records each result here. No S3
 and no threads in this module: only SQL.
@@ -66,8 +68,12 @@ class ListedObject:
     version_id: str | None
 
 
-def build_queues(conn: Connection, table: str) -> QueueSizes:
-    """Compute ``upload_queue`` and ``delete_queue`` from the scan and the files table."""
+def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSizes:
+    """Compute ``upload_queue`` and ``delete_queue`` from the scan and the files table.
+
+    ``bucket_exists``: the folder's bucket was set up, so an upload may have
+    reached it without being confirmed; such files get deleted too when they vanish.
+    """
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.upload_queue")
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.delete_queue")
     conn.exec_driver_sql(
@@ -77,7 +83,9 @@ def build_queues(conn: Connection, table: str) -> QueueSizes:
                     WHEN f.size != s.size THEN 'changed size'
                     WHEN f.mtime_ns != s.mtime_ns THEN 'changed mtime'
                     ELSE 'retry after ' || f.state END AS reason,
-               CASE WHEN f.uploaded_at IS NOT NULL THEN f.sha256 END AS in_bucket_sha256
+               -- Only a confirmed row says what the bucket's latest version holds: after
+               -- a change, an unconfirmed upload of other bytes may have landed.
+               CASE WHEN f.state = '{BACKED_UP}' THEN f.sha256 END AS in_bucket_sha256
         FROM temp.scan AS s LEFT JOIN "{table}" AS f ON f.path = s.path
         WHERE f.path IS NULL OR f.state != '{BACKED_UP}'
            OR f.size != s.size OR f.mtime_ns != s.mtime_ns
@@ -85,7 +93,9 @@ def build_queues(conn: Connection, table: str) -> QueueSizes:
     )
     conn.exec_driver_sql(
         f"""CREATE TEMP TABLE delete_queue AS
-        SELECT f.path, f.size, f.uploaded_at IS NOT NULL AS in_bucket
+        SELECT f.path, f.size,
+               f.uploaded_at IS NOT NULL OR (f.state != '{BACKED_UP}' AND {int(bucket_exists)})
+                   AS in_bucket
         FROM "{table}" AS f
         WHERE NOT EXISTS (SELECT 1 FROM temp.scan AS s WHERE s.path = f.path)
           AND NOT EXISTS (

@@ -173,7 +173,7 @@ def _backup_folder(
             if not dry_run:
                 records.mark_listed(conn, record)
 
-        sizes = queues.build_queues(conn, record.table)
+        sizes = queues.build_queues(conn, record.table, record.bucket_ready)
         report.to_upload, report.bytes_to_upload = sizes.uploads, sizes.upload_bytes
         report.to_delete, report.bytes_to_delete = sizes.deletes, sizes.delete_bytes
         if sizes.deletes and not options.allow_mass_delete:

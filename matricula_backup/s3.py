@@ -107,7 +107,8 @@ def connect(settings: Settings) -> Store:
     config = Config(
         # 503 SlowDown, 500s, timeouts and dropped connections are retried with
         # backoff; what still fails is recorded and retried on the next run.
-        retries={"mode": aws.retry_mode, "max_attempts": aws.max_attempts},  # type: ignore[arg-type]
+        # total_max_attempts counts the first try too (max_attempts would not).
+        retries={"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts},  # type: ignore[arg-type]
         max_pool_connections=settings.workers + 4,
         connect_timeout=20,
         read_timeout=300,
