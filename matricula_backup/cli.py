@@ -13,7 +13,7 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +32,7 @@ from matricula_backup.errors import (
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
+from matricula_backup.pricing import cost_lines
 from matricula_backup.progress import TerminalProgress
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
@@ -178,6 +179,8 @@ def backup(
         for entry in report.folders:
             typer.echo(folder_line(entry, dry_run))
         typer.echo(summary)
+        for line in cost_lines(report, settings.prices, report.requests_by_operation):
+            typer.echo(line)
     logger.info("%s", summary)
     for problem in report.problems[:SHOWN_PROBLEMS]:
         typer.echo(f"error: {problem}", err=True)
@@ -256,6 +259,7 @@ def restore(
     )
     try:
         settings = _load(cache)
+        options = replace(options, prices=settings.prices)
         if dry_run:
             report = run_restore(settings, options)
         else:

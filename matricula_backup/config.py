@@ -13,13 +13,14 @@ from __future__ import annotations
 import json
 import os.path
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from matricula_backup.errors import ConfigError
+from matricula_backup.pricing import Prices
 
 CONFIG_NAME = "config.json"
 MIB = 1024 * 1024
@@ -34,7 +35,7 @@ DEFAULT_RETRY_MODE = "standard"
 DEFAULT_MAX_ATTEMPTS = 6
 
 _ALLOWED: dict[str, set[str]] = {
-    "": {"backup", "notification", "aws"},
+    "": {"backup", "notification", "aws", "pricing"},
     "backup": {
         "folders",
         "roots",
@@ -46,6 +47,7 @@ _ALLOWED: dict[str, set[str]] = {
         "exclude",
     },
     "notification": {"webhook", "on_success"},
+    "pricing": Prices.keys(),
     "aws": {
         "access_key",
         "secret_access_key",
@@ -86,6 +88,7 @@ class Settings:
     webhook: str | None = field(default=None, repr=False)
     notify_on_success: bool = False
     aws: AwsSettings = AwsSettings()
+    prices: Prices = Prices()
     warnings: tuple[str, ...] = ()  # not errors: printed and logged, the run goes on
 
     @property
@@ -130,6 +133,13 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
     backup = _section(top.get("backup", {}), "backup")
     notification = _section(top.get("notification", {}), "notification")
     aws = _section(top.get("aws", {}), "aws")
+    prices = _section(top.get("pricing", {}), "pricing")
+    for key, value in prices.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(
+                f"{CONFIG_NAME}: pricing.{key}: must be a price in USD (a number >= 0), "
+                f"not {value!r}"
+            )
 
     folders = _paths(backup, "folders")
     roots = _paths(backup, "roots")
@@ -190,6 +200,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         multipart_threshold=threshold,
         webhook=webhook or None,
         notify_on_success=_bool(notification, "notification", "on_success"),
+        prices=Prices(**{key: float(value) for key, value in prices.items()}),
         aws=AwsSettings(
             access_key=access_key or None,
             secret_access_key=secret_key or None,
@@ -317,6 +328,7 @@ def template() -> dict[str, Any]:
             "retry_mode": DEFAULT_RETRY_MODE,
             "max_attempts": DEFAULT_MAX_ATTEMPTS,
         },
+        "pricing": asdict(Prices()),
     }
 
 

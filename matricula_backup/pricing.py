@@ -1,29 +1,117 @@
-"""Deep Archive prices in one place (us-east-1, USD, as published by AWS in 2025).
+"""Deep Archive prices in one place, overridable in config.json's ``pricing``.
 
-Check the current prices of your region before quoting them; these are for
-estimates printed by the tool, never for decisions it takes on its own.
+Defaults: us-east-1 list prices in USD (2025). Check your region's before
+relying on them; the tool only prints estimates with them and never decides
+anything by them.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
+from matricula_backup.report import RunReport, human_bytes
+
 GB = 1024**3
-
-STORAGE_PER_GB_MONTH = 0.00099
-PUT_PER_1000 = 0.05  # PUT, COPY, POST, LIST into DEEP_ARCHIVE
-GET_PER_1000 = 0.0004  # GET, HEAD
-TRANSFER_OUT_PER_GB = 0.09  # to the internet; free inside the region
-
-# Restores from Deep Archive: no Expedited tier.
-RESTORE_PER_GB = {"Standard": 0.02, "Bulk": 0.0025}
-RESTORE_PER_1000 = {"Standard": 0.10, "Bulk": 0.025}
+KB = 1024
+# Each archived object carries 40 KB of S3 metadata: 8 KB billed at STANDARD,
+# 32 KB at Deep Archive rates.
+OVERHEAD_STANDARD_BYTES = 8 * KB
+OVERHEAD_ARCHIVE_BYTES = 32 * KB
 RESTORE_HOURS = {"Standard": 12, "Bulk": 48}
 
 
-def restore_cost(tier: str, objects: int, size: int) -> float:
-    """What asking S3 to restore ``objects`` objects of ``size`` bytes in all costs."""
-    return objects / 1000 * RESTORE_PER_1000[tier] + size / GB * RESTORE_PER_GB[tier]
+@dataclass(frozen=True)
+class Prices:
+    storage_per_gb_month: float = 0.00099  # Deep Archive
+    standard_storage_per_gb_month: float = 0.023  # for the 8 KB per object
+    put_per_1000: float = 0.05  # PUT, COPY, POST, LIST into DEEP_ARCHIVE
+    get_per_1000: float = 0.0004  # GET, HEAD
+    transfer_out_per_gb: float = 0.09  # to the internet; free inside the region
+    restore_bulk_per_gb: float = 0.0025
+    restore_bulk_per_1000: float = 0.025
+    restore_standard_per_gb: float = 0.02
+    restore_standard_per_1000: float = 0.10
+
+    @classmethod
+    def keys(cls) -> set[str]:
+        return {field.name for field in fields(cls)}
+
+    def restore_cost(self, tier: str, objects: int, size: int) -> float:
+        """Asking S3 to restore ``objects`` objects of ``size`` bytes in all."""
+        per_gb, per_1000 = (
+            (self.restore_bulk_per_gb, self.restore_bulk_per_1000)
+            if tier == "Bulk"
+            else (self.restore_standard_per_gb, self.restore_standard_per_1000)
+        )
+        return objects / 1000 * per_1000 + size / GB * per_gb
+
+    def download_cost(self, objects: int, size: int) -> float:
+        """GET requests plus transfer out of AWS."""
+        return objects / 1000 * self.get_per_1000 + size / GB * self.transfer_out_per_gb
+
+    def archive_per_month(self, objects: int, size: int) -> float:
+        """Storage of ``objects`` current versions of ``size`` bytes, with the overhead."""
+        archived = size + objects * OVERHEAD_ARCHIVE_BYTES
+        standard = objects * OVERHEAD_STANDARD_BYTES
+        return (
+            archived / GB * self.storage_per_gb_month
+            + standard / GB * self.standard_storage_per_gb_month
+        )
+
+    def requests_cost(self, requests: int) -> float:
+        return requests / 1000 * self.put_per_1000
 
 
-def download_cost(objects: int, size: int) -> float:
-    """GET requests plus transfer out of AWS for the restored copies."""
-    return objects / 1000 * GET_PER_1000 + size / GB * TRANSFER_OUT_PER_GB
+# Requests billed at the PUT/LIST rate; GETs and HEADs are two orders cheaper.
+BILLED_AS_PUT = {
+    "PutObject",
+    "CreateMultipartUpload",
+    "UploadPart",
+    "CompleteMultipartUpload",
+    "ListObjectVersions",
+    "ListObjectsV2",
+    "CreateBucket",
+    "PutBucketVersioning",
+    "PutBucketLifecycleConfiguration",
+    "PutPublicAccessBlock",
+    "PutBucketEncryption",
+}
+
+
+def cost_lines(run: RunReport, prices: Prices, requests_by_operation: dict[str, int]) -> list[str]:
+    """What this run costs (or would cost) and what the archive costs per month."""
+    total = run.totals()
+    if run.dry_run:
+        # One PUT per file; multipart files need a few more (not known before reading them).
+        puts = total.to_upload
+        run_line = (
+            f"estimated cost of this run: {usd(prices.requests_cost(puts))} for about {puts} "
+            "PUT requests"
+        )
+    else:
+        puts = sum(n for op, n in requests_by_operation.items() if op in BILLED_AS_PUT)
+        run_line = (
+            f"cost of this run: ${prices.requests_cost(puts):.2f} for {puts} PUT/LIST requests"
+        )
+    objects, size = total.files_seen, total.bytes_seen
+    lines = [
+        run_line,
+        f"archive: {objects} files, {human_bytes(size)}: about "
+        f"{usd(prices.archive_per_month(objects, size))} per month in Deep Archive "
+        "(current versions; replaced and deleted ones are kept 180 days more)",
+    ]
+    if objects and size / objects < 1024 * KB:
+        share = prices.archive_per_month(objects, 0) / prices.archive_per_month(objects, size)
+        lines.append(
+            f"note: the files average {human_bytes(size // objects)}: the 40 KB S3 keeps per "
+            f"object makes {share:.0%} of that storage bill, and uploading all of them once "
+            f"costs {usd(prices.requests_cost(objects))} in PUT requests"
+        )
+    return lines
+
+
+def usd(amount: float) -> str:
+    """$12.34, $0.12, or $0.00012 for the small sums of small runs."""
+    if amount == 0:
+        return "$0"
+    return f"${amount:.2f}" if amount >= 0.01 else f"${amount:.5f}"

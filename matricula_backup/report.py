@@ -66,6 +66,7 @@ class RunReport:
     problems: list[Problem] = field(default_factory=list)  # the first MAX_KEPT_PROBLEMS
     error_count: int = 0
     s3_requests: int = 0
+    requests_by_operation: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
 
     def add_problem(self, problem: Problem, report: FolderReport | None = None) -> None:

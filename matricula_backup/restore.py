@@ -50,6 +50,7 @@ class RestoreOptions:
     at: datetime | None = None  # the versions current at this time (deleted files too)
     overwrite: bool = False
     dry_run: bool = False
+    prices: pricing.Prices = pricing.Prices()
 
 
 @dataclass
@@ -412,11 +413,12 @@ def _cost_lines(report: RestoreReport, options: RestoreOptions) -> list[str]:
         else (report.requested, report.requested_bytes)
     )
     verb = "would cost" if options.dry_run else "cost"
+    cost = pricing.usd(options.prices.restore_cost(tier, objects, size))
     return [
         f"restore requests ({tier}): {objects} objects, {size / pricing.GB:.2f} GiB "
-        f"{verb} about ${pricing.restore_cost(tier, objects, size):.2f}; S3 makes them "
+        f"{verb} about {cost}; S3 makes them "
         f"readable within {pricing.RESTORE_HOURS[tier]} hours for {options.days} days",
-        f"downloading them: about ${pricing.download_cost(objects, size):.2f} "
+        f"downloading them: about {pricing.usd(options.prices.download_cost(objects, size))} "
         "(GET requests and transfer out of AWS)",
     ]
 

@@ -110,7 +110,8 @@ def run_backup(
         progress.close()
         engine.dispose()
     if store.store is not None:
-        logger.info("S3 requests by operation: %s", dict(store.store.counter.by_operation))
+        report.requests_by_operation = dict(store.store.counter.by_operation)
+        logger.info("S3 requests by operation: %s", report.requests_by_operation)
     return report
 
 

@@ -89,3 +89,29 @@ def test_on_success_sends_a_notice_after_a_clean_run(setup: Setup, httpserver: A
 
     assert len(httpserver.log) == 1
     assert ": done" in json.dumps(httpserver.log[0][0].get_json())
+
+
+def test_runs_show_their_cost_and_prices_can_be_overridden(setup: Setup) -> None:
+    for number in range(10):
+        setup.file(f"Band/{number}.tif", b"x" * 1000)
+    setup.write_config(backup__folders=[str(setup.images / "Band")])
+
+    dry = setup.run("--dry-run")
+
+    assert "estimated cost of this run: $0.00050 for about 10 PUT requests" in dry.stdout
+    assert "archive: 10 files, 9.8 KiB: about $" in dry.stdout
+    assert "the 40 KB S3 keeps per object makes" in dry.stdout
+
+    setup.write_config(pricing__put_per_1000=5.0)  # a region with dearer requests
+    real = setup.run()
+
+    assert real.returncode == 0, real.stderr
+    # 10 PUTs, the listing of the new bucket, the bucket creation and its 4 settings
+    assert "cost of this run: $0.08 for 16 PUT/LIST requests" in real.stdout
+
+
+def test_a_bad_price_is_a_config_error(setup: Setup) -> None:
+    setup.write_config(backup__folders=["/images"], pricing__put_per_1000="cheap")
+    result = setup.run("check-config")
+    assert result.returncode == 2
+    assert "pricing.put_per_1000: must be a price in USD" in result.stderr
