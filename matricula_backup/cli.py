@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
@@ -159,7 +160,7 @@ def backup(
                 report = run_backup(settings, options, TerminalProgress() if live else None)
     except FatalError as exc:
         logger.error("%s", exc)
-        if settings is not None and not dry_run and not isinstance(exc, LockHeld):
+        if settings is not None and not dry_run and _worth_telling(exc, settings):
             _notify(settings, _fatal_report(exc, reset), log_path or cache / LOG_NAME)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
@@ -471,6 +472,13 @@ def _load(cache: Path) -> Settings:
         logger.warning("%s", warning)
         typer.echo(f"warning: {warning}", err=True)
     return settings
+
+
+def _worth_telling(exc: FatalError, settings: Settings) -> bool:
+    """Every fatal error goes to Teams, but a held lock only once it looks stuck."""
+    if not isinstance(exc, LockHeld):
+        return True
+    return exc.since is not None and time.time() - exc.since > settings.stuck_after_hours * 3600
 
 
 def _interrupt(signum: int, _frame: object) -> None:

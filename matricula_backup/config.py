@@ -33,6 +33,7 @@ DEFAULT_WORKERS = 8
 DEFAULT_MAX_DELETE_PERCENT = 20
 DEFAULT_RETRY_MODE = "standard"
 DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_STUCK_AFTER_HOURS = 72
 
 _ALLOWED: dict[str, set[str]] = {
     "": {"backup", "notification", "aws", "pricing"},
@@ -46,7 +47,7 @@ _ALLOWED: dict[str, set[str]] = {
         "max_delete_percent",
         "exclude",
     },
-    "notification": {"webhook", "on_success"},
+    "notification": {"webhook", "on_success", "stuck_after_hours"},
     "pricing": Prices.keys(),
     "aws": {
         "access_key",
@@ -87,6 +88,8 @@ class Settings:
     exclude: tuple[str, ...] = ()  # glob patterns, see exclude.py
     webhook: str | None = field(default=None, repr=False)
     notify_on_success: bool = False
+    # A run that cannot start because the lock has been held this long tells Teams.
+    stuck_after_hours: int = DEFAULT_STUCK_AFTER_HOURS
     aws: AwsSettings = AwsSettings()
     prices: Prices = Prices()
     warnings: tuple[str, ...] = ()  # not errors: printed and logged, the run goes on
@@ -200,6 +203,14 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         multipart_threshold=threshold,
         webhook=webhook or None,
         notify_on_success=_bool(notification, "notification", "on_success"),
+        stuck_after_hours=_int(
+            notification,
+            "stuck_after_hours",
+            DEFAULT_STUCK_AFTER_HOURS,
+            1,
+            24 * 365,
+            "notification",
+        ),
         prices=Prices(**{key: float(value) for key, value in prices.items()}),
         aws=AwsSettings(
             access_key=access_key or None,
@@ -319,7 +330,11 @@ def template() -> dict[str, Any]:
             "max_delete_percent": DEFAULT_MAX_DELETE_PERCENT,
             "exclude": [],
         },
-        "notification": {"webhook": None, "on_success": False},
+        "notification": {
+            "webhook": None,
+            "on_success": False,
+            "stuck_after_hours": DEFAULT_STUCK_AFTER_HOURS,
+        },
         "aws": {
             "access_key": None,
             "secret_access_key": None,

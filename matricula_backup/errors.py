@@ -46,6 +46,8 @@ class CacheNotWritable(FatalError):
 class LockHeld(FatalError):
     """Another matricula-backup run holds the lock of this cache directory."""
 
+    since: float | None = None  # when the holder took it (unix seconds), if known
+
 
 class FolderError(BackupError):
     """One backup folder cannot be backed up this run; the other folders go on."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from pathlib import Path
 from matricula_backup.errors import CacheNotWritable, LockHeld
 
 LOCK_NAME = "lock"
+_SINCE = re.compile(r" \[(\d+)\]")  # the start time in unix seconds, after the readable one
 
 
 @contextlib.contextmanager
@@ -34,15 +36,22 @@ def exclusive_lock(cache_dir: Path, name: str = LOCK_NAME) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise LockHeld(
-                f"{path}: another matricula-backup run holds the lock ({holder}); "
-                "this run exits without doing anything. It is normal while a long "
-                "first upload is running; if no such process exists, check the host"
-            ) from None
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            since = _SINCE.search(holder)
+            shown = _SINCE.sub("", holder) or "unknown"
+            error = LockHeld(
+                f"{path}: another matricula-backup run holds the lock "
+                f"({shown}); this run exits without "
+                "doing anything. It is normal while a long first upload is running; if no "
+                "such process exists, check the host"
+            )
+            error.since = float(since.group(1)) if since else None
+            raise error from None
         os.ftruncate(fd, 0)
-        started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}, since {started}\n".encode(), 0)
+        now = time.time()
+        started = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(now))
+        line = f"pid {os.getpid()} on {socket.gethostname()}, since {started} [{int(now)}]\n"
+        os.pwrite(fd, line.encode(), 0)
         yield
     finally:
         os.close(fd)

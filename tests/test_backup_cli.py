@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import time
 from pathlib import Path
@@ -520,3 +521,26 @@ def test_touched_files_are_not_uploaded_again(setup: Setup, s3_proxy: CountingPr
     s3_proxy.reset_counts()
     assert setup.run().returncode == 0
     assert s3_proxy.total == 0
+
+
+def test_a_lock_held_for_days_is_reported_to_teams(setup: Setup, httpserver: Any) -> None:
+    import fcntl
+
+    _tree(setup)
+    httpserver.expect_request("/hook").respond_with_data("", status=202)
+    setup.write_config(notification__webhook=httpserver.url_for("/hook"))
+    with open(setup.cache / "lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        handle.write(f"pid 4242 on imageserver, since two days ago [{int(time.time()) - 3600}]\n")
+        handle.flush()
+        fresh = setup.run()  # held for an hour: a long run, nothing to tell
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid 4242 on imageserver, since long ago [{int(time.time()) - 80 * 3600}]\n")
+        handle.flush()
+        stuck = setup.run()
+
+    assert fresh.returncode == 2 and stuck.returncode == 2
+    assert "(pid 4242 on imageserver, since long ago)" in stuck.stderr
+    assert len(httpserver.log) == 1
+    assert "pid 4242" in json.dumps(httpserver.log[0][0].get_json())
