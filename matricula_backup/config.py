@@ -21,6 +21,7 @@ import httpx
 
 from matricula_backup.errors import ConfigError
 from matricula_backup.pricing import Prices
+from matricula_backup.throttle import parse_rate
 
 CONFIG_NAME = "config.json"
 MIB = 1024 * 1024
@@ -46,6 +47,7 @@ _ALLOWED: dict[str, set[str]] = {
         "multipart_threshold_mb",
         "max_delete_percent",
         "exclude",
+        "max_bandwidth",
     },
     "notification": {"webhook", "on_success", "stuck_after_hours"},
     "pricing": Prices.keys(),
@@ -86,6 +88,7 @@ class Settings:
     multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD_MB * MIB
     max_delete_percent: int = DEFAULT_MAX_DELETE_PERCENT
     exclude: tuple[str, ...] = ()  # glob patterns, see exclude.py
+    max_bandwidth: int | None = None  # bytes per second for all uploads together
     webhook: str | None = field(default=None, repr=False)
     notify_on_success: bool = False
     # A run that cannot start because the lock has been held this long tells Teams.
@@ -198,6 +201,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         bucket_prefix=prefix,
         workers=_int(backup, "workers", DEFAULT_WORKERS, 1, 64),
         exclude=_patterns(backup),
+        max_bandwidth=_bandwidth(backup),
         max_delete_percent=_int(backup, "max_delete_percent", DEFAULT_MAX_DELETE_PERCENT, 0, 100),
         part_size=part_size,
         multipart_threshold=threshold,
@@ -293,6 +297,21 @@ def _int(
     return value
 
 
+def _bandwidth(section: dict[str, Any]) -> int | None:
+    value = section.get("max_bandwidth")
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise ValueError(value)
+        return parse_rate(str(value))
+    except ValueError:
+        raise ConfigError(
+            f"{CONFIG_NAME}: backup.max_bandwidth: {value!r} is not a rate; write e.g. "
+            '"20MB/s", "512KiB/s" or null for no limit'
+        ) from None
+
+
 def _patterns(section: dict[str, Any]) -> tuple[str, ...]:
     value = section.get("exclude", [])
     if value is None:
@@ -329,6 +348,7 @@ def template() -> dict[str, Any]:
             "multipart_threshold_mb": DEFAULT_MULTIPART_THRESHOLD_MB,
             "max_delete_percent": DEFAULT_MAX_DELETE_PERCENT,
             "exclude": [],
+            "max_bandwidth": None,
         },
         "notification": {
             "webhook": None,

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from matricula_backup.config import Settings
 from matricula_backup.errors import FolderError
 from matricula_backup.queues import ListedObject, Uploaded
+from matricula_backup.throttle import Throttle, ThrottledBody
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,11 @@ class Store:
     counter: RequestCounter
     part_size: int
     multipart_threshold: int
+    throttle: Throttle | None = None
+
+    def body(self, data: bytes) -> Any:
+        """What to send: the bytes, read at the allowed pace if there is a limit."""
+        return ThrottledBody(data, self.throttle) if self.throttle else data
 
 
 def connect(settings: Settings) -> Store:
@@ -121,7 +127,10 @@ def connect(settings: Settings) -> Store:
     counter = RequestCounter()
     client.meta.events.register("before-send.s3", counter)
     region = client.meta.region_name or "us-east-1"
-    return Store(client, region, counter, settings.part_size, settings.multipart_threshold)
+    throttle = Throttle(settings.max_bandwidth) if settings.max_bandwidth else None
+    return Store(
+        client, region, counter, settings.part_size, settings.multipart_threshold, throttle
+    )
 
 
 def describe(exc: BaseException) -> str:
@@ -334,7 +343,7 @@ def upload(
             response = store.client.put_object(
                 Bucket=bucket,
                 Key=key,
-                Body=data,
+                Body=store.body(data),
                 StorageClass=STORAGE_CLASS,
                 Metadata=_metadata(before.st_mtime_ns, digest),
                 ChecksumAlgorithm="SHA256",
@@ -391,7 +400,7 @@ def _multipart(
                 Key=key,
                 UploadId=upload_id,
                 PartNumber=number,
-                Body=data,
+                Body=store.body(data),
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=_b64(part_digest),
             )
