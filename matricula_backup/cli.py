@@ -7,6 +7,7 @@ SIGTERM (what S3 confirmed until then is recorded).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated
@@ -305,13 +307,10 @@ def verify(
     Example: matricula-backup verify --cache /var/lib/matricula-backup --deep
     """
     cache, _log_path = _start(cache, verbose)
-    try:
+    with _fatal_errors_exit():
         settings = _load(cache)
         with exclusive_lock(cache):
             report = run_verify(settings, deep)
-    except FatalError as exc:
-        logger.error("%s", exc)
-        raise typer.Exit(exc.exit_code) from None
     for check in report.folders:
         typer.echo(
             f"{check.folder} -> s3://{check.bucket}: {check.rows} files in state.db, "
@@ -339,11 +338,8 @@ def status(
     Example: matricula-backup status --cache /var/lib/matricula-backup --json
     """
     cache, _log_path = _start(cache, False)
-    try:
+    with _fatal_errors_exit():
         current = read_status(cache)
-    except FatalError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(exc.exit_code) from None
     if as_json:
         typer.echo(json.dumps(asdict(current), indent=2))
     else:
@@ -362,11 +358,8 @@ def history(
     Example: matricula-backup history --cache /var/lib/matricula-backup --last 30
     """
     cache, _log_path = _start(cache, False)
-    try:
+    with _fatal_errors_exit():
         runs = read_history(cache, last)
-    except FatalError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(exc.exit_code) from None
     if as_json:
         typer.echo(json.dumps([asdict(run) for run in runs], indent=2))
     else:
@@ -403,12 +396,9 @@ def check_config(cache: CacheOption = None) -> None:
     Example: matricula-backup check-config --cache /var/lib/matricula-backup
     """
     cache, _log_path = _start(cache, False)
-    try:
+    with _fatal_errors_exit():
         settings = _load(cache)
         folders, problems = backup_folders(settings)
-    except FatalError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(exc.exit_code) from None
     recorded = recorded_buckets(cache)
     for folder in folders:
         state = "" if folder.path.is_dir() else "  (missing: not mounted?)"
@@ -429,11 +419,8 @@ def notify_test(cache: CacheOption = None) -> None:
     Example: matricula-backup notify-test --cache /var/lib/matricula-backup
     """
     cache, _log_path = _start(cache, False)
-    try:
+    with _fatal_errors_exit():
         settings = _load(cache)
-    except FatalError as exc:
-        typer.echo(str(exc), err=True)
-        raise typer.Exit(exc.exit_code) from None
     if not settings.webhook:
         typer.echo("config.json has no notification.webhook", err=True)
         raise typer.Exit(EXIT_COULD_NOT_RUN)
@@ -472,6 +459,16 @@ def _load(cache: Path) -> Settings:
         logger.warning("%s", warning)
         typer.echo(f"warning: {warning}", err=True)
     return settings
+
+
+@contextlib.contextmanager
+def _fatal_errors_exit() -> Iterator[None]:
+    """A FatalError becomes its message on stderr (and in the log) and its exit code."""
+    try:
+        yield
+    except FatalError as exc:
+        logger.error("%s", exc)
+        raise typer.Exit(exc.exit_code) from None
 
 
 def _worth_telling(exc: FatalError, settings: Settings) -> bool:

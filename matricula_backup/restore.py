@@ -90,7 +90,7 @@ def run_restore(settings: Settings, options: RestoreOptions) -> RestoreReport:
     )
     try:
         with engine.connect() as conn:
-            sources = _sources(conn, settings, store)
+            sources = _sources(conn, settings, store, report)
             _list_selected_versions(conn, store, sources, options, report)
             _select(conn, options, report)
             if options.dry_run:
@@ -105,7 +105,9 @@ def run_restore(settings: Settings, options: RestoreOptions) -> RestoreReport:
 # --- which buckets, which keys --------------------------------------------------------------
 
 
-def _sources(conn: Connection, settings: Settings, store: s3.Store) -> dict[str, Path]:
+def _sources(
+    conn: Connection, settings: Settings, store: s3.Store, report: RestoreReport
+) -> dict[str, Path]:
     """bucket -> backup folder, from state.db, config.json and (for roots) the bucket list.
 
     After a disaster neither state.db nor the subfolders of a root may exist:
@@ -119,25 +121,39 @@ def _sources(conn: Connection, settings: Settings, store: s3.Store) -> dict[str,
     for folder in folders:
         if str(folder.path) not in map(str, sources.values()):
             sources[bucket_name(folder.path, settings.bucket_prefix)] = folder.path
-    for folder_path in settings.folders:
-        sources.setdefault(bucket_name(folder_path, settings.bucket_prefix), folder_path)
     if settings.roots:
-        pattern = re.compile(rf"^{re.escape(settings.bucket_prefix)}[a-z0-9-]+-[0-9a-f]{{8}}$")
-        for bucket in store.client.list_buckets().get("Buckets", []):
-            name = bucket["Name"]
-            if name in sources or not pattern.match(name):
-                continue
-            found = store.client.list_objects_v2(Bucket=name, MaxKeys=1).get("Contents", [])
-            if not found:
-                continue
-            key = found[0]["Key"]
-            for root in settings.roots:
-                root_prefix = str(root).lstrip("/") + "/"
-                if key.startswith(root_prefix):
-                    folder = root / key[len(root_prefix) :].split("/", 1)[0]
-                    if bucket_name(folder, settings.bucket_prefix) == name:
-                        sources[name] = folder
+        try:
+            sources.update(_discover_root_buckets(settings, store, set(sources)))
+        except s3.S3_ERRORS as exc:
+            report.problems.append(
+                Problem(
+                    "(bucket list)",
+                    "restore",
+                    f"cannot list the buckets to find those of backup.roots: {s3.describe(exc)}",
+                )
+            )
     return sources
+
+
+def _discover_root_buckets(settings: Settings, store: s3.Store, known: set[str]) -> dict[str, Path]:
+    """Buckets named like ours whose first key lies in a direct subfolder of a root."""
+    found: dict[str, Path] = {}
+    pattern = re.compile(rf"^{re.escape(settings.bucket_prefix)}[a-z0-9-]+-[0-9a-f]{{8}}$")
+    for bucket in store.client.list_buckets().get("Buckets", []):
+        name = bucket["Name"]
+        if name in known or not pattern.match(name):
+            continue
+        contents = store.client.list_objects_v2(Bucket=name, MaxKeys=1).get("Contents", [])
+        if not contents:
+            continue
+        key = contents[0]["Key"]
+        for root in settings.roots:
+            root_prefix = str(root).lstrip("/") + "/"
+            if key.startswith(root_prefix):
+                folder = root / key[len(root_prefix) :].split("/", 1)[0]
+                if bucket_name(folder, settings.bucket_prefix) == name:
+                    found[name] = folder
+    return found
 
 
 def _list_selected_versions(

@@ -201,3 +201,24 @@ def test_an_interrupted_restore_resumes(setup: Setup, s3_proxy: CountingProxy) -
     assert "restore complete" in result.stdout
     _check_tree(folder, expected)
     assert not list(folder.rglob("*.matricula-restore"))
+
+
+def test_after_a_disaster_roots_are_found_from_the_bucket_list(setup: Setup) -> None:
+    """No state.db, no subfolders under the root: only config.json and the buckets."""
+    root = setup.images / "archive"
+    setup.file("archive/Wien/a.tif", b"wien")
+    setup.file("archive/Graz/sub/b.tif", b"graz")
+    setup.write_config(backup__roots=[str(root)], backup__bucket_prefix="mx-")
+    assert setup.run().returncode == 0
+    shutil.rmtree(root)
+    root.mkdir()
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (setup.cache / name).unlink(missing_ok=True)
+
+    for _ in range(2):
+        result = setup.run("restore")
+        assert result.returncode == 0, result.stderr
+
+    assert "restore complete" in result.stdout
+    assert (root / "Wien/a.tif").read_bytes() == b"wien"
+    assert (root / "Graz/sub/b.tif").read_bytes() == b"graz"
