@@ -35,7 +35,6 @@ class ScanResult:
     bytes: int = 0
     skipped_special: int = 0  # symlinks, FIFOs, sockets, devices
     excluded: int = 0  # files and folders matched by backup.exclude
-    root_readable: bool = True
 
 
 def create_scan_tables(conn: Connection) -> None:
@@ -72,8 +71,6 @@ def scan_folder(
             with os.scandir(directory) as iterator:
                 entries = list(iterator)
         except OSError as exc:
-            if rel_dir == "":
-                result.root_readable = False
             unreadable(
                 rel_dir,
                 directory,
