@@ -66,53 +66,68 @@ def run_backup(
     settings: Settings, options: RunOptions, progress: RunProgress | None = None
 ) -> RunReport:
     """Back up every folder; problems are collected in the report, never raised per file."""
-    dry_run, reset = options.dry_run, options.reset
-    report = RunReport(dry_run=dry_run, reset=reset)
-    folders, problems = backup_folders(settings)
-    if options.only:
-        folders = _only(folders, options.only)
-        problems = []  # about the other folders
-    for problem in problems:
-        report.add_problem(problem)
-    engine: Engine = (
-        open_state_db_for_dry_run(settings.cache_dir)
-        if dry_run
-        else open_state_db(settings.cache_dir)
-    )
+    dry_run = options.dry_run
+    report = RunReport(dry_run=dry_run, reset=options.reset)
     store = _LazyStore(settings)
     progress = progress or NoProgress()
     try:
-        with engine.connect() as conn:
-            run_id = None
-            if not dry_run:
-                run_id = records.start_run(conn, "reset" if reset else "backup", report.hostname)
-                if reset:
-                    dropped = records.drop_files_tables(
-                        conn, [str(folder.path) for folder in folders] if options.only else None
-                    )
-                    logger.info("--reset: dropped %d files tables; rebuilding them", len(dropped))
-            outcome = "failed"
-            try:
-                for folder in folders:
-                    _backup_folder(conn, settings, folder, store, report, options, progress)
-                outcome = "errors" if report.error_count else "ok"
-            except KeyboardInterrupt:
-                report.interrupted = True
-                outcome = "interrupted"
-                raise
-            finally:
-                report.s3_requests = store.requests
-                if run_id is not None:
-                    conn.rollback()
-                    records.record_problems(conn, run_id, report)
-                    records.finish_run(conn, run_id, report, outcome)
+        folders, problems = backup_folders(settings)
+        if options.only:
+            folders = _only(folders, options.only)
+            problems = []  # about the other folders
+        for problem in problems:
+            report.add_problem(problem)
+        engine: Engine = (
+            open_state_db_for_dry_run(settings.cache_dir)
+            if dry_run
+            else open_state_db(settings.cache_dir)
+        )
+        try:
+            with engine.connect() as conn:
+                _run_folders(conn, settings, folders, store, report, options, progress)
+        finally:
+            engine.dispose()
     finally:
-        progress.close()
-        engine.dispose()
+        progress.close()  # also when config or database stopped the run
     if store.store is not None:
         report.requests_by_operation = dict(store.store.counter.by_operation)
         logger.info("S3 requests by operation: %s", report.requests_by_operation)
     return report
+
+
+def _run_folders(
+    conn: Connection,
+    settings: Settings,
+    folders: list[BackupFolder],
+    store: _LazyStore,
+    report: RunReport,
+    options: RunOptions,
+    progress: RunProgress,
+) -> None:
+    """Every folder in turn, inside a ``runs`` row (real runs) that records the outcome."""
+    run_id = None
+    if not options.dry_run:
+        run_id = records.start_run(conn, "reset" if options.reset else "backup", report.hostname)
+        if options.reset:
+            dropped = records.drop_files_tables(
+                conn, [str(folder.path) for folder in folders] if options.only else None
+            )
+            logger.info("--reset: dropped %d files tables; rebuilding them", len(dropped))
+    outcome = "failed"
+    try:
+        for folder in folders:
+            _backup_folder(conn, settings, folder, store, report, options, progress)
+        outcome = "errors" if report.error_count else "ok"
+    except KeyboardInterrupt:
+        report.interrupted = True
+        outcome = "interrupted"
+        raise
+    finally:
+        report.s3_requests = store.requests
+        if run_id is not None:
+            conn.rollback()
+            records.record_problems(conn, run_id, report)
+            records.finish_run(conn, run_id, report, outcome)
 
 
 def _backup_folder(
