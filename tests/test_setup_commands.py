@@ -18,7 +18,8 @@ def test_init_writes_an_owner_only_template_that_check_config_reads(tmp_path: Pa
     assert config.stat().st_mode & 0o777 == 0o600
     data = json.loads(config.read_text())
     assert data["backup"]["workers"] == 8 and data["aws"]["retry_mode"] == "standard"
-    assert data["notification"] == {"webhook": None, "on_success": False}
+    assert data["notification"] == {"webhook": None, "on_success": False, "stuck_after_hours": 72}
+    assert data["pricing"]["put_per_1000"] == 0.05 and data["backup"]["max_bandwidth"] is None
 
     again = subprocess.run([CLI, "init", "--cache", str(tmp_path)], capture_output=True, text=True)
     assert again.returncode == 2 and "not overwritten" in again.stderr
