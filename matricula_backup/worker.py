@@ -15,7 +15,6 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
-from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy import Connection
 
 from matricula_backup import queues, s3
@@ -92,12 +91,14 @@ def upload_all(
             run.add_problem(Problem(str(folder.path), "upload", message, path), report)
             recorder.add(failed=(item.path, message))
             return
-        except (ClientError, BotoCoreError, OSError, s3.ChecksumMismatch) as exc:
-            message = (
-                f"cannot read: {exc.strerror or exc}"
-                if isinstance(exc, OSError)
-                else s3.describe(exc)
-            )
+        except Exception as exc:  # one bad file never stops the others
+            if isinstance(exc, OSError):
+                message = f"cannot read: {exc.strerror or exc}"
+            elif isinstance(exc, (*s3.S3_ERRORS, s3.ChecksumMismatch)):
+                message = s3.describe(exc)
+            else:  # a bug: keep its traceback in the log
+                logger.exception("unexpected error while uploading %s", path)
+                message = f"unexpected error {type(exc).__name__}: {exc}"
             message += "; it is tried again next run"
             run.add_problem(Problem(str(folder.path), "upload", message, path), report)
             recorder.add(failed=(item.path, message))
@@ -166,7 +167,7 @@ def delete_all(
         keys = {folder.key_prefix + path: path for path in paths}
         try:
             errors = s3.delete(store, record.bucket, list(keys))
-        except (ClientError, BotoCoreError) as exc:
+        except s3.S3_ERRORS as exc:
             errors = {key: s3.describe(exc) for key in keys}
         failed = [(keys[key], message) for key, message in errors.items() if key in keys]
         deleted = [path for key, path in keys.items() if key not in errors]
