@@ -64,46 +64,48 @@ class TerminalProgress:
             transient=False,
         )
         self._task: TaskID | None = None
+        self._scanning = False  # the current task is a scan: no total, removed when done
+        self._total: int | None = None
+        self._files_done = 0
+        self._errors = 0
         self._progress.start()
 
     def scanning(self, folder: str) -> None:
-        self._finish()
-        self._task = self._progress.add_task(
-            f"{_short(folder)} (scanning)", total=None, files=0, files_done=0, errors=0
-        )
+        self._start_task(f"{_short(folder)} (scanning)", total=None, files=0)
+        self._scanning = True
 
     def uploading(self, folder: str, files: int, size: int) -> None:
-        self._finish()
-        self._task = self._progress.add_task(
-            _short(folder), total=max(size, 1), files=files, files_done=0, errors=0
-        )
+        self._start_task(_short(folder), total=max(size, 1), files=files)
 
     def advance(self, size: int, error: bool = False) -> None:
         if self._task is None:
             return
-        fields = self._progress.tasks[self._task_index()].fields
+        self._files_done += 1
+        self._errors += int(error)
         self._progress.update(
-            self._task,
-            advance=size,
-            files_done=fields["files_done"] + 1,
-            errors=fields["errors"] + int(error),
+            self._task, advance=size, files_done=self._files_done, errors=self._errors
         )
 
     def close(self) -> None:
         self._finish()
         self._progress.stop()
 
-    def _finish(self) -> None:
-        if self._task is not None:
-            task = self._progress.tasks[self._task_index()]
-            if task.total is None:  # a scan with nothing to upload after it
-                self._progress.remove_task(self._task)
-            else:
-                self._progress.update(self._task, completed=task.total)
-            self._task = None
+    def _start_task(self, description: str, total: int | None, files: int) -> None:
+        self._finish()
+        self._files_done = self._errors = 0
+        self._total = total
+        self._task = self._progress.add_task(
+            description, total=total, files=files, files_done=0, errors=0
+        )
 
-    def _task_index(self) -> int:
-        return next(i for i, task in enumerate(self._progress.tasks) if task.id == self._task)
+    def _finish(self) -> None:
+        if self._task is None:
+            return
+        if self._scanning:  # a scan with nothing to upload after it
+            self._progress.remove_task(self._task)
+        else:
+            self._progress.update(self._task, completed=self._total)
+        self._task, self._scanning = None, False
 
 
 def _short(folder: str, width: int = 40) -> str:

@@ -118,7 +118,6 @@ def _run(conn: Connection, where: str) -> RunInfo | None:
 
 
 def status_lines(status: Status) -> list[str]:
-    when = _when
     if not status.folders and status.last_run is None:
         return [f"{status.database}: no backup has run yet"]
     lines = []
@@ -127,7 +126,7 @@ def status_lines(status: Status) -> list[str]:
             f"{entry.folder} -> s3://{entry.bucket}: {entry.files_backed_up} files "
             f"({human_bytes(entry.bytes_backed_up)}) backed up; {entry.pending_uploads} to upload "
             f"({human_bytes(entry.pending_upload_bytes)}), {entry.failed_uploads} failed uploads, "
-            f"{entry.failed_deletes} failed deletes; last upload {when(entry.last_upload_at)}"
+            f"{entry.failed_deletes} failed deletes; last upload {_when(entry.last_upload_at)}"
         )
     for label, run in (
         ("last run", status.last_run),
@@ -138,7 +137,7 @@ def status_lines(status: Status) -> list[str]:
         else:
             took = f", took {run.duration_seconds} s" if run.duration_seconds is not None else ""
             lines.append(
-                f"{label}: #{run.id} started {when(run.started_at)}{took}, {run.outcome}, "
+                f"{label}: #{run.id} started {_when(run.started_at)}{took}, {run.outcome}, "
                 f"{run.files_uploaded} files uploaded, {run.errors} errors"
             )
     return lines
