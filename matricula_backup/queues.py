@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -182,33 +183,37 @@ def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObj
 
 
 def upload_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[UploadItem]]:
-    """Stream ``upload_queue`` in path order, a batch at a time (keyset paging)."""
-    last_rowid = 0
-    while True:
-        rows = conn.exec_driver_sql(
-            "SELECT rowid, path, size, mtime_ns, reason, in_bucket_sha256 FROM temp.upload_queue "
-            "WHERE rowid > ? ORDER BY rowid LIMIT ?",
-            (last_rowid, batch_size),
-        ).all()
-        if not rows:
-            return
-        last_rowid = rows[-1][0]
+    """Stream ``upload_queue`` in path order, a batch at a time."""
+    for rows in _pages(
+        conn,
+        "rowid, path, size, mtime_ns, reason, in_bucket_sha256",
+        "temp.upload_queue",
+        "",
+        batch_size,
+    ):
         yield [UploadItem(row[1], row[2], row[3], row[4], row[5]) for row in rows]
 
 
 def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[str]]:
     """Stream the paths to delete from the bucket, ``batch_size`` at a time."""
+    for rows in _pages(conn, "rowid, path", "temp.delete_queue", "in_bucket AND", batch_size):
+        yield [row[1] for row in rows]
+
+
+def _pages(
+    conn: Connection, columns: str, table: str, condition: str, batch_size: int
+) -> Iterator[list[Any]]:
+    """Keyset paging by rowid (first column): no cursor stays open while results are written."""
     last_rowid = 0
     while True:
         rows = conn.exec_driver_sql(
-            "SELECT rowid, path FROM temp.delete_queue WHERE in_bucket AND rowid > ? "
-            "ORDER BY rowid LIMIT ?",
+            f"SELECT {columns} FROM {table} WHERE {condition} rowid > ? ORDER BY rowid LIMIT ?",
             (last_rowid, batch_size),
         ).all()
         if not rows:
             return
         last_rowid = rows[-1][0]
-        yield [row[1] for row in rows]
+        yield list(rows)
 
 
 def record_uploaded(conn: Connection, table: str, done: list[Uploaded]) -> None:
