@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from matricula_backup.config import Settings, load_settings, parse_settings
+from matricula_backup.config import _ALLOWED, Settings, load_settings, parse_settings
 from matricula_backup.errors import ConfigError
 from tests.conftest import CLI, Setup
 
@@ -24,24 +24,9 @@ json_values = st.recursive(
     ),
     max_leaves=20,
 )
-known_keys = st.sampled_from(
-    [
-        "folders",
-        "roots",
-        "bucket_prefix",
-        "workers",
-        "part_size_mb",
-        "webhook",
-        "access_key",
-        "secret_access_key",
-        "region",
-        "endpoint_url",
-        "retry_mode",
-        "max_attempts",
-        "max_delete_percent",
-        "multipart_threshold_mb",
-    ]
-)
+# Every key config.json knows, in any section, so the fuzzer also puts keys where
+# they do not belong.
+known_keys = st.sampled_from(sorted(set().union(*_ALLOWED.values())))
 config_like = st.fixed_dictionaries(
     {},
     optional={
