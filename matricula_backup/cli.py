@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 import time
@@ -22,7 +21,7 @@ from typing import Annotated
 
 import typer
 
-from matricula_backup import __version__, notify
+from matricula_backup import __version__, interrupt, notify
 from matricula_backup.config import CONFIG_NAME, Settings, load_settings, redact_url, template
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
@@ -449,7 +448,7 @@ def _start(cache: Path | None, verbose: bool) -> tuple[Path, Path | None]:
     # the lock) lists the archive or its errors: owner only.
     os.umask(0o077)
     # systemd stops a service with SIGTERM: stop the same way as on Ctrl-C.
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt.install()
     return cache, setup_logging(cache, verbose)
 
 
@@ -476,10 +475,6 @@ def _worth_telling(exc: FatalError, settings: Settings) -> bool:
     if not isinstance(exc, LockHeld):
         return True
     return exc.since is not None and time.time() - exc.since > settings.stuck_after_hours * 3600
-
-
-def _interrupt(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _fatal_report(exc: Exception, reset: bool) -> RunReport:

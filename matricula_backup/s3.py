@@ -17,7 +17,7 @@ import os
 import stat
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -315,7 +315,7 @@ def upload(
     key: str,
     path: str,
     rel: str,
-    stopping: threading.Event,
+    stopping: Callable[[], bool],
     in_bucket_sha256: bytes | None = None,
 ) -> Uploaded:
     """Upload one file as it is now; raise FileChanged if it changes while read.
@@ -324,7 +324,7 @@ def upload(
     bucket's latest version, as recorded at upload), nothing is sent: a file
     that was only touched costs no PUT and no second Deep Archive copy.
 
-    A single PUT always completes; a multipart upload checks ``stopping`` before
+    A single PUT always completes; a multipart upload calls ``stopping()`` before
     each part and is aborted when the run stops, so stopping takes one part at most.
     """
     # O_NONBLOCK: a file replaced by a FIFO since the scan must not block the
@@ -373,7 +373,7 @@ def _multipart(
     handle: Any,
     before: os.stat_result,
     digest: bytes,
-    stopping: threading.Event,
+    stopping: Callable[[], bool],
 ) -> dict[str, Any]:
     """Send the file in parts, each with its own SHA-256; ``digest`` is the whole file's."""
     part_size = max(store.part_size, -(-before.st_size // 10_000))
@@ -391,7 +391,7 @@ def _multipart(
         parts = []
         number = 1
         while data := handle.read(part_size):
-            if stopping.is_set():
+            if stopping():
                 raise Stopped(f"{key}: multipart upload aborted, the run is stopping")
             again.update(data)
             part_digest = hashlib.sha256(data).digest()

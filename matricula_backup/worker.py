@@ -17,7 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from sqlalchemy import Connection
 
-from matricula_backup import queues, s3
+from matricula_backup import interrupt, queues, s3
 from matricula_backup.db.records import FolderRecord
 from matricula_backup.progress import RunProgress
 from matricula_backup.queues import Uploaded, UploadItem
@@ -123,11 +123,17 @@ def upload_all(
             for future in finished:
                 settle(future, in_flight.pop(future))
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upload") as pool:
+    def should_stop() -> bool:  # polled by multipart uploads between parts
+        return stopping.is_set() or interrupt.requested()
+
+    # A signal only sets a flag in here (see interrupt.py): the loop stops at a
+    # point where every submitted upload is in ``in_flight`` and gets recorded.
+    with interrupt.deferred(), ThreadPoolExecutor(workers, "upload") as pool:
         try:
             for batch in queues.upload_batches(conn):
                 for item in batch:
                     settle_finished(block_until_below=2 * workers)
+                    interrupt.check()
                     path = os.path.join(folder.path, item.path)
                     logger.debug("upload (%s): %s", item.reason, path)
                     key = folder.key_prefix + item.path
@@ -138,13 +144,15 @@ def upload_all(
                         key,
                         path,
                         item.path,
-                        stopping,
+                        should_stop,
                         item.in_bucket_sha256,
                     )
                     in_flight[future] = item
             settle_finished(block_until_below=1)
         except BaseException:
             stopping.set()
+            if in_flight:
+                logger.info("stopping: waiting for %d uploads in flight", len(in_flight))
             raise
         finally:
             # Interrupted or not: start nothing new, let the uploads already
@@ -162,28 +170,42 @@ def delete_all(
     conn: Connection, store: s3.Store, record: FolderRecord, report: FolderReport, run: RunReport
 ) -> None:
     """Delete from the bucket what is in ``delete_queue`` (delete markers)."""
+    with interrupt.deferred():
+        for paths in queues.delete_batches(conn, DELETE_BATCH):
+            interrupt.check()
+            _delete_batch(conn, store, record, paths, report, run)
+
+
+def _delete_batch(
+    conn: Connection,
+    store: s3.Store,
+    record: FolderRecord,
+    paths: list[str],
+    report: FolderReport,
+    run: RunReport,
+) -> None:
+    """One DeleteObjects request; what S3 confirmed is committed before the next."""
     folder = record.folder
-    for paths in queues.delete_batches(conn, DELETE_BATCH):
-        keys = {folder.key_prefix + path: path for path in paths}
-        try:
-            errors = s3.delete(store, record.bucket, list(keys))
-        except s3.S3_ERRORS as exc:
-            errors = {key: s3.describe(exc) for key in keys}
-        failed = [(keys[key], message) for key, message in errors.items() if key in keys]
-        deleted = [path for key, path in keys.items() if key not in errors]
-        queues.record_deleted(conn, record.table, deleted)
-        queues.record_delete_failed(conn, record.table, failed)
-        conn.commit()
-        report.deleted += len(deleted)
-        for path, message in failed:
-            run.add_problem(
-                Problem(
-                    str(folder.path),
-                    "delete",
-                    f"{message}; tried again next run",
-                    os.path.join(folder.path, path),
-                ),
-                report,
-            )
-        for path in deleted:
-            logger.debug("deleted from bucket (file gone): %s", os.path.join(folder.path, path))
+    keys = {folder.key_prefix + path: path for path in paths}
+    try:
+        errors = s3.delete(store, record.bucket, list(keys))
+    except s3.S3_ERRORS as exc:
+        errors = {key: s3.describe(exc) for key in keys}
+    failed = [(keys[key], message) for key, message in errors.items() if key in keys]
+    deleted = [path for key, path in keys.items() if key not in errors]
+    queues.record_deleted(conn, record.table, deleted)
+    queues.record_delete_failed(conn, record.table, failed)
+    conn.commit()
+    report.deleted += len(deleted)
+    for path, message in failed:
+        run.add_problem(
+            Problem(
+                str(folder.path),
+                "delete",
+                f"{message}; tried again next run",
+                os.path.join(folder.path, path),
+            ),
+            report,
+        )
+    for path in deleted:
+        logger.debug("deleted from bucket (file gone): %s", os.path.join(folder.path, path))
