@@ -58,6 +58,7 @@ _ALLOWED: dict[str, set[str]] = {
         "endpoint_url",
         "retry_mode",
         "max_attempts",
+        "crt",
     },
 }
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
@@ -73,6 +74,8 @@ class AwsSettings:
     endpoint_url: str | None = None
     retry_mode: str = DEFAULT_RETRY_MODE  # botocore: standard | adaptive | legacy
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # Single PUTs through the AWS Common Runtime (crt.py); false: botocore for all.
+    crt: bool = True
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
             endpoint_url=endpoint or None,
             retry_mode=retry_mode,
             max_attempts=_int(aws, "max_attempts", DEFAULT_MAX_ATTEMPTS, 1, 20, "aws"),
+            crt=_bool(aws, "aws", "crt", default=True),
         ),
     )
 
@@ -329,8 +333,8 @@ def _patterns(section: dict[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _bool(section: dict[str, Any], name: str, key: str) -> bool:
-    value = section.get(key, False)
+def _bool(section: dict[str, Any], name: str, key: str, default: bool = False) -> bool:
+    value = section.get(key, default)
     if not isinstance(value, bool):
         raise ConfigError(f"{CONFIG_NAME}: {name}.{key}: must be true or false, not {_kind(value)}")
     return value
@@ -362,6 +366,7 @@ def template() -> dict[str, Any]:
             "endpoint_url": None,
             "retry_mode": DEFAULT_RETRY_MODE,
             "max_attempts": DEFAULT_MAX_ATTEMPTS,
+            "crt": True,
         },
         "pricing": asdict(Prices()),
     }

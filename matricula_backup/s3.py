@@ -19,7 +19,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -30,12 +30,16 @@ from matricula_backup.errors import FolderError
 from matricula_backup.queues import ListedObject, Uploaded
 from matricula_backup.throttle import Throttle, ThrottledBody
 
+if TYPE_CHECKING:
+    from matricula_backup.crt import FastPut
+
 logger = logging.getLogger(__name__)
 
 STORAGE_CLASS = "DEEP_ARCHIVE"
 NONCURRENT_DAYS = 180
 ABORT_MULTIPART_DAYS = 7
 READ_CHUNK = 8 * 1024 * 1024
+CONNECT_TIMEOUT = 20
 LIFECYCLE_RULES: list[dict[str, Any]] = [
     {
         "ID": "matricula-backup-noncurrent",
@@ -63,8 +67,21 @@ class Stopped(Exception):
     """The run is stopping: a multipart upload was aborted between two parts."""
 
 
+class RequestFailed(Exception):
+    """A request sent without botocore (crt.py) that S3 refused or never answered."""
+
+    def __init__(self, operation: str, code: str, message: str) -> None:
+        super().__init__(f"{operation} failed: " + " ".join(filter(None, (code, message))))
+        self.operation = operation
+        self.code = code
+
+
 class RequestCounter:
-    """Counts HTTP requests sent to S3 (each retry counts), by operation."""
+    """Counts HTTP requests sent to S3, by operation.
+
+    Each botocore retry counts; retries the CRT makes inside a single PUT
+    (crt.py) cannot be seen: such a PUT counts once.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -90,6 +107,7 @@ class Store:
     part_size: int
     multipart_threshold: int
     throttle: Throttle | None = None
+    fast_put: FastPut | None = None  # single PUTs through the CRT (crt.py)
 
     def body(self, data: bytes) -> Any:
         """What to send: the bytes, read at the allowed pace if there is a limit."""
@@ -116,7 +134,7 @@ def connect(settings: Settings) -> Store:
         # total_max_attempts counts the first try too (max_attempts would not).
         retries={"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts},  # type: ignore[arg-type]
         max_pool_connections=settings.workers + 4,
-        connect_timeout=20,
+        connect_timeout=CONNECT_TIMEOUT,
         read_timeout=300,
         # We send our own SHA-256; no extra CRC32 that some S3 servers reject.
         request_checksum_calculation="when_required",
@@ -128,8 +146,35 @@ def connect(settings: Settings) -> Store:
     client.meta.events.register("before-send.s3", counter)
     region = client.meta.region_name or "us-east-1"
     throttle = Throttle(settings.max_bandwidth) if settings.max_bandwidth else None
+    fast_put = None
+    # A bandwidth limit needs botocore's body (throttle.py); one attempt only
+    # cannot be told to the CRT (max_retries 0 means its default, 5).
+    if aws.crt and throttle is None and aws.max_attempts > 1:
+        fast_put = _fast_put(session, client, region, endpoint is not None, aws.max_attempts)
     return Store(
-        client, region, counter, settings.part_size, settings.multipart_threshold, throttle
+        client,
+        region,
+        counter,
+        settings.part_size,
+        settings.multipart_threshold,
+        throttle,
+        fast_put,
+    )
+
+
+def _fast_put(
+    session: Any, client: Any, region: str, path_style: bool, max_attempts: int
+) -> FastPut | None:
+    credentials = session.get_credentials()
+    if credentials is None:  # botocore says what is missing at the first request
+        return None
+    try:
+        from matricula_backup.crt import FastPut
+    except ImportError as exc:
+        logger.warning("AWS CRT not available (%s): botocore sends every request", exc)
+        return None
+    return FastPut(
+        client.meta.endpoint_url, path_style, region, credentials, max_attempts, CONNECT_TIMEOUT
     )
 
 
@@ -141,6 +186,8 @@ def describe(exc: BaseException) -> str:
         message = error.get("Message") or ""
         operation = getattr(exc, "operation_name", "")
         return f"{operation} failed: {code} {message}".strip()
+    if isinstance(exc, RequestFailed):
+        return str(exc)
     if isinstance(exc, BotoCoreError | OSError):
         return f"{type(exc).__name__}: {exc}"
     return f"{type(exc).__name__}: {exc}"
@@ -149,13 +196,15 @@ def describe(exc: BaseException) -> str:
 def error_code(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
+    if isinstance(exc, RequestFailed):
+        return exc.code
     return ""
 
 
 # --- buckets ---------------------------------------------------------------------------------
 
 
-S3_ERRORS = (ClientError, BotoCoreError)
+S3_ERRORS = (ClientError, BotoCoreError, RequestFailed)
 
 
 def prepare_bucket(store: Store, bucket: str, known_ready: bool, warned: set[str]) -> list[str]:
@@ -340,15 +389,7 @@ def upload(
             _check_unchanged(path, before, len(data))
             if digest == in_bucket_sha256:
                 return Uploaded(rel, before.st_size, before.st_mtime_ns, None, digest, False)
-            response = store.client.put_object(
-                Bucket=bucket,
-                Key=key,
-                Body=store.body(data),
-                StorageClass=STORAGE_CLASS,
-                Metadata=_metadata(before.st_mtime_ns, digest),
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_b64(digest),
-            )
+            response = _put(store, bucket, key, data, _metadata(before.st_mtime_ns, digest), digest)
             _check_echo(response, digest, key)
         else:
             # The whole-file SHA-256 goes into the metadata, which is set when the
@@ -363,6 +404,35 @@ def upload(
             response = _multipart(store, bucket, key, path, handle, before, digest, stopping)
         version_id = response.get("VersionId")
     return Uploaded(rel, before.st_size, before.st_mtime_ns, version_id, digest)
+
+
+def _put(
+    store: Store, bucket: str, key: str, data: bytes, metadata: dict[str, str], digest: bytes
+) -> dict[str, Any]:
+    """One PutObject; the answer as botocore gives it (VersionId, ChecksumSHA256)."""
+    if store.fast_put is None:
+        response: dict[str, Any] = store.client.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=store.body(data),
+            StorageClass=STORAGE_CLASS,
+            Metadata=metadata,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=_b64(digest),
+        )
+        return response
+    store.counter("PutObject")
+    headers = {
+        "x-amz-storage-class": STORAGE_CLASS,
+        "x-amz-sdk-checksum-algorithm": "SHA256",
+        "x-amz-checksum-sha256": _b64(digest),
+        **{f"x-amz-meta-{name}": value for name, value in metadata.items()},
+    }
+    answer = store.fast_put.put(bucket, key, data, headers)
+    return {
+        "VersionId": answer.get("x-amz-version-id"),
+        "ChecksumSHA256": answer.get("x-amz-checksum-sha256"),
+    }
 
 
 def _multipart(

@@ -1,0 +1,145 @@
+"""Single PUTs through the AWS Common Runtime: the per-file cost is C's, not Python's.
+
+A first backup is tens of thousands of small scans; each costs one PutObject.
+Through botocore every request spends about 2 ms of Python (signing, event
+hooks, urllib3) under one GIL, which caps a run at one core whatever the
+number of workers. The CRT S3 client (awscrt, AWS's own library behind
+``boto3[crt]`` and the AWS CLI's fast path) signs and sends in C threads and
+needs about a third of that CPU (see benchmarks/RESULTS.md).
+
+Only single PUTs go this way: the bytes were read and hashed by the caller,
+and the server checks them against ``x-amz-checksum-sha256``. Everything else
+(buckets, multipart uploads, listings, deletes, restores) stays on botocore.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from io import BytesIO
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from awscrt import auth, s3
+from awscrt.http import HttpHeaders, HttpRequest
+
+from matricula_backup.s3 import RequestFailed
+
+# A stalled request is given up after this long (plus time for its bytes at
+# 64 KiB/s): the file is then retried on the next run.
+BASE_TIMEOUT = 600.0
+SLOWEST_BYTES_PER_SECOND = 64 * 1024
+MIN_PART = 5 * 1024 * 1024
+_CODE = re.compile(rb"<Code>([^<]{1,200})</Code>")
+_MESSAGE = re.compile(rb"<Message>([^<]{1,500})</Message>")
+_S3_CODES = {
+    "AWS_ERROR_S3_INTERNAL_ERROR": "InternalError",
+    "AWS_ERROR_S3_SLOW_DOWN": "SlowDown",
+    "AWS_ERROR_S3_REQUEST_TIME_TOO_SKEWED": "RequestTimeTooSkewed",
+}
+
+
+class FastPut:
+    """Sends PutObject requests with the CRT S3 client; safe to use from many threads."""
+
+    def __init__(
+        self,
+        endpoint_url: str,
+        path_style: bool,
+        region: str,
+        credentials: Any,
+        max_attempts: int,
+        connect_timeout: float,
+    ) -> None:
+        parts = urlsplit(endpoint_url)
+        self.https = parts.scheme == "https"
+        self.host = parts.netloc
+        self.base_path = parts.path.rstrip("/")
+        self.path_style = path_style
+
+        def frozen() -> auth.AwsCredentials:
+            # botocore's credentials refresh themselves (instance roles, SSO):
+            # ask them at each signing instead of copying them once.
+            now = credentials.get_frozen_credentials()
+            return auth.AwsCredentials(now.access_key, now.secret_key, now.token)
+
+        provider = auth.AwsCredentialsProvider.new_delegate(frozen)
+        self.client = s3.S3Client(
+            region=region,
+            tls_mode=s3.S3RequestTlsMode.ENABLED if self.https else s3.S3RequestTlsMode.DISABLED,
+            signing_config=s3.create_default_s3_signing_config(
+                region=region, credential_provider=provider
+            ),
+            # The same number of tries as botocore's (the first try plus retries).
+            retry_config=s3.S3RetryConfig(max_retries=max_attempts - 1),
+            connect_timeout_ms=int(connect_timeout * 1000),
+            throughput_target_gbps=1.0,
+        )
+
+    def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
+        """PUT ``data`` as ``key``; return the answer's headers (lower-case names)."""
+        path = "/" + quote(key, safe="/~")
+        if self.path_style:
+            host, path = self.host, f"{self.base_path}/{bucket}{path}"
+        else:
+            host, path = f"{bucket}.{self.host}", self.base_path + path
+        request = HttpRequest(
+            "PUT",
+            path,
+            HttpHeaders([("Host", host), ("Content-Length", str(len(data))), *headers.items()]),
+            BytesIO(data),  # shares the bytes, no copy
+        )
+        answer: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+            answer["headers"] = {name.lower(): value for name, value in headers}
+
+        def on_done(
+            error: BaseException | None = None,
+            status_code: int | None = None,
+            error_body: bytes | None = None,
+            **_: Any,
+        ) -> None:
+            answer.update(error=error, status=status_code, body=error_body or b"")
+            finished.set()
+
+        # One request whatever the size (the CRT would split a large body into
+        # a multipart upload of its own): large files are multipart uploads in s3.py.
+        single = max(MIN_PART, len(data))
+        sent = self.client.make_request(
+            type=s3.S3RequestType.PUT_OBJECT,
+            request=request,
+            part_size=single,
+            multipart_upload_threshold=single,
+            on_headers=on_headers,
+            on_done=on_done,
+        )
+        timeout = BASE_TIMEOUT + len(data) / SLOWEST_BYTES_PER_SECOND
+        if not finished.wait(timeout):
+            sent.cancel()
+            raise RequestFailed("PutObject", "Timeout", f"no answer in {timeout:.0f} s")
+        if answer["error"] is not None:
+            raise _failure(answer)
+        result: dict[str, str] = answer.get("headers", {})
+        return result
+
+
+def _failure(answer: dict[str, Any]) -> RequestFailed:
+    exc = answer["error"]
+    body: bytes = answer.get("body", b"")
+    status = answer.get("status")
+    code = _CODE.search(body)
+    message = _MESSAGE.search(body)
+    if status and code:
+        return RequestFailed(
+            "PutObject",
+            code.group(1).decode(errors="replace"),
+            (message.group(1).decode(errors="replace") if message else f"HTTP {status}"),
+        )
+    # Retries used up on a 5xx, or a connection problem: only the CRT's error
+    # name, e.g. "socket is closed (AWS_IO_SOCKET_CLOSED)".
+    name = getattr(exc, "name", type(exc).__name__)
+    detail = str(getattr(exc, "message", "") or exc).rstrip(".")
+    http = f", HTTP {status}" if status else ""
+    return RequestFailed("PutObject", _S3_CODES.get(name, ""), f"{detail} ({name}{http})")
