@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import Connection
 
@@ -117,11 +118,14 @@ def upload_all(
         _settle(future, item)
         progress.advance(item.size, error=report.errors > errors_before)
 
+    # Finished uploads come out of a queue in the order they finish: no scan
+    # of every future in flight for each file (concurrent.futures.wait did).
+    finished: queue.SimpleQueue[Future[Uploaded]] = queue.SimpleQueue()
+
     def settle_finished(block_until_below: int) -> None:
         while len(in_flight) >= block_until_below and in_flight:
-            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in finished:
-                settle(future, in_flight.pop(future))
+            future = finished.get()
+            settle(future, in_flight.pop(future))
 
     def should_stop() -> bool:  # polled by multipart uploads between parts
         return stopping.is_set() or interrupt.requested()
@@ -148,6 +152,7 @@ def upload_all(
                         item.in_bucket_sha256,
                     )
                     in_flight[future] = item
+                    future.add_done_callback(finished.put)
             settle_finished(block_until_below=1)
         except BaseException:
             stopping.set()
