@@ -7,7 +7,8 @@ number of workers. The CRT S3 client (awscrt, AWS's own library behind
 ``boto3[crt]`` and the AWS CLI's fast path) signs and sends in C threads and
 needs about a third of that CPU (see benchmarks/RESULTS.md).
 
-Only single PUTs go this way: the bytes were read and hashed by the caller,
+Only single PUTs of files up to 8 MiB go this way (``s3.FAST_PUT_MAX``): the
+bytes were read and hashed by the caller,
 and the server checks them against ``x-amz-checksum-sha256``. Everything else
 (buckets, multipart uploads, listings, deletes, restores) stays on botocore.
 """

@@ -40,6 +40,9 @@ NONCURRENT_DAYS = 180
 ABORT_MULTIPART_DAYS = 7
 READ_CHUNK = 8 * 1024 * 1024
 CONNECT_TIMEOUT = 20
+# The CRT saves CPU per request, which matters for small files; it also copies
+# the body into buffers of its own, which a large one would double (crt.py).
+FAST_PUT_MAX = 8 * 1024 * 1024
 LIFECYCLE_RULES: list[dict[str, Any]] = [
     {
         "ID": "matricula-backup-noncurrent",
@@ -410,7 +413,7 @@ def _put(
     store: Store, bucket: str, key: str, data: bytes, metadata: dict[str, str], digest: bytes
 ) -> dict[str, Any]:
     """One PutObject; the answer as botocore gives it (VersionId, ChecksumSHA256)."""
-    if store.fast_put is None:
+    if store.fast_put is None or len(data) > FAST_PUT_MAX:
         response: dict[str, Any] = store.client.put_object(
             Bucket=bucket,
             Key=key,

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import Setup
 from tests.s3proxy import CountingProxy
 
@@ -32,8 +34,13 @@ def _latest(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
     return {v["Key"]: v for v in versions if v["IsLatest"]}
 
 
-def test_first_run_uploads_everything_to_a_configured_bucket(setup: Setup, s3: Any) -> None:
+# Small files go through the CRT by default (crt.py); the objects must not differ.
+@pytest.mark.parametrize("crt", [True, False], ids=["crt", "botocore"])
+def test_first_run_uploads_everything_to_a_configured_bucket(
+    setup: Setup, s3: Any, crt: bool
+) -> None:
     folder = _tree(setup)
+    setup.write_config(aws__crt=crt)
 
     result = setup.run()
 
