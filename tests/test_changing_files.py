@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
 import time
 from typing import Any
+
+from awscrt.checksums import crc64nvme
 
 from tests.conftest import Setup
 
@@ -56,6 +59,52 @@ def test_a_file_growing_during_its_upload_is_left_for_the_next_run(setup: Setup,
     ) == [(len(data), stat.st_mtime_ns, "backed_up", hashlib.sha256(data).hexdigest().upper())]
     head = s3.head_object(Bucket=bucket, Key=str(growing).lstrip("/"))
     assert head["ContentLength"] == len(data)
+
+
+def test_a_rewrite_that_puts_the_mtime_back_during_a_multipart_upload_is_caught(
+    setup: Setup, s3: Any
+) -> None:
+    """Same size, same mtime, other bytes: the object must never differ from its digest."""
+    folder = setup.images / "Band"
+    scan = setup.file("Band/scan.tif", os.urandom(12 * 1024 * 1024))
+    setup.write_config(
+        backup__folders=[str(folder)], backup__multipart_threshold_mb=5, backup__part_size_mb=5
+    )
+    mtime_ns = scan.stat().st_mtime_ns
+    stop = threading.Event()
+
+    def keep_rewriting() -> None:
+        while not stop.is_set():
+            with open(scan, "r+b") as handle:
+                handle.seek(6 * 1024 * 1024)  # inside the second part
+                handle.write(os.urandom(16))
+            os.utime(scan, ns=(mtime_ns, mtime_ns))
+            time.sleep(0.002)
+
+    writer = threading.Thread(target=keep_rewriting)
+    writer.start()
+    try:
+        first = setup.run()
+    finally:
+        stop.set()
+        writer.join()
+
+    assert first.returncode == 1, first.stdout
+    table = setup.table(folder)
+    assert setup.db(f'SELECT state FROM "{table}"') == [("failed",)]
+    bucket = setup.bucket(folder)
+    assert s3.list_object_versions(Bucket=bucket).get("Versions", []) == []
+    assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+    second = setup.run()
+
+    assert second.returncode == 0, second.stderr
+    data = scan.read_bytes()
+    head = s3.head_object(Bucket=bucket, Key=str(scan).lstrip("/"), ChecksumMode="ENABLED")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+    # The parts carried CRC64NVME checksums: S3 combines them into the whole object's.
+    expected = base64.b64encode(crc64nvme(data).to_bytes(8, "big")).decode()
+    assert head["ChecksumCRC64NVME"] == expected
 
 
 def test_a_file_changed_after_the_scan_is_uploaded_in_its_final_state(
