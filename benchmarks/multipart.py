@@ -244,9 +244,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     variants = ["tool", "boto3"] + (["boto3+sha256"] if args.boto3_sha256 else [])
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     result: dict[str, Any] = {
-        "label": args.label
-        or f"{args.count} x {args.mib} MiB, {args.server}, delay {args.delay_ms:g} ms, "
-        f"part size {args.part_mib or 'default'}",
+        "label": args.label,
         "args": vars(args),
         "tree": {"path": str(tree), "files": len(files), "bytes": total, "reused": reused},
         "rss_floor_mib": round(spawner.floor_mib(), 1),
@@ -376,7 +374,12 @@ def render(result: dict[str, Any]) -> str:
             command.append(f"--{option.replace('_', '-')} {args[option]:g}")
     if args["boto3_sha256"]:
         command.append("--boto3-sha256")
-    lines = [f"## {result['label']}", "", "Command: `" + " ".join(command) + "`", ""]
+    label = result["label"] or (
+        f"{count} x {total / count / MiB:,.0f} MiB, {args['server']}, {part_mib:g} MiB parts, "
+        f"concurrency {args['concurrency']}, delay {args['delay_ms']:g} ms, "
+        f"{args['repeat']} rounds"
+    )
+    lines = [f"## {label}", "", "Command: `" + " ".join(command) + "`", ""]
     lines += ["| machine | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in result.get("machine", {}).items()]
     lines.append(f"| load average at end | {result.get('load_at_end', '')} |")
