@@ -74,7 +74,10 @@ class FastPut:
             # The same number of tries as botocore's (the first try plus retries).
             retry_config=s3.S3RetryConfig(max_retries=max_attempts - 1),
             connect_timeout_ms=int(connect_timeout * 1000),
-            throughput_target_gbps=1.0,
+            # The CRT opens connections in proportion to this target; its own
+            # default (10 Gbps) lets every worker have one. 1 Gbps took 11.4 s
+            # instead of 8.8 s for 4,000 PUTs with 20 ms latency, at the same RSS.
+            throughput_target_gbps=10.0,
         )
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
