@@ -397,7 +397,7 @@ def upload(
             _check_echo(response, digest, key)
         else:
             # The whole-file SHA-256 goes into the metadata, which is set when the
-            # upload starts: hash first (each part's SHA-256 in the same pass),
+            # upload starts: hash first (each part's CRC64NVME in the same pass),
             # then send the parts straight from the file.
             part_size = max(store.part_size, -(-before.st_size // 10_000))
             digest, part_crcs = _hash_parts(handle.fileno(), before.st_size, part_size)
