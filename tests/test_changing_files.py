@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import pytest
 from awscrt.checksums import crc64nvme
 
 from tests.conftest import Setup
@@ -127,3 +128,29 @@ def test_a_file_changed_after_the_scan_is_uploaded_in_its_final_state(
     ]
     head = s3.head_object(Bucket=setup.bucket(folder), Key=str(folder / "a.tif").lstrip("/"))
     assert head["ContentLength"] == 14 and head["Metadata"]["mtime"] == "1700000000.000000000"
+
+
+def test_a_part_is_read_from_the_file_as_sent_and_can_be_sent_again(tmp_path: Any) -> None:
+    """FileRange, the body of an UploadPart: a window of the file, rewound for a retry."""
+    from matricula_backup.s3 import FileChanged, FileRange
+
+    path = tmp_path / "scan.tif"
+    data = os.urandom(3000)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        part = FileRange(fd, 1000, 1500, None)
+        assert len(part) == 1500
+        assert part.read(1000) == data[1000:2000]
+        assert part.read() == data[2000:2500]
+        assert part.read() == b""  # the window ends, not the file
+        assert part.seek(0) == 0 and part.tell() == 0  # what botocore does before a retry
+        assert part.read() == data[1000:2500]
+        part.seek(0)
+        os.truncate(path, 1200)  # the file shrank after it was hashed
+        assert part.read(100) == data[1000:1100]
+        assert part.read(100) == data[1100:1200]
+        with pytest.raises(FileChanged, match="shorter"):  # never a short part
+            part.read(100)
+    finally:
+        os.close(fd)
