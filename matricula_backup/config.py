@@ -74,7 +74,8 @@ class AwsSettings:
     endpoint_url: str | None = None
     retry_mode: str = DEFAULT_RETRY_MODE  # botocore: standard | adaptive | legacy
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    # Single PUTs through the AWS Common Runtime (crt.py); false: botocore for all.
+    # Single PUTs of files up to 8 MiB through the AWS Common Runtime (crt.py);
+    # false: botocore for every request.
     crt: bool = True
 
 

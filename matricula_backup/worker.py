@@ -1,10 +1,13 @@
 """Drain one folder's queues against S3 and record every confirmed result.
 
-Uploads run in a bounded pool of threads sharing the run's one boto3 client;
-at most ``2 x workers`` files are in flight, so memory does not grow with the
-queue. Only this (main) thread touches the database: results are written in
-small transactions, so a crash loses at most the uploads in flight.
-Deletes go in DeleteObjects batches of up to 1,000 keys after the uploads.
+Uploads run in a bounded pool of threads sharing the run's S3 clients (one
+boto3 client, and the CRT client for small files: s3.py, crt.py); at most
+``2 x workers`` files are in flight, so memory does not grow with the queue.
+Only this (main) thread touches the database: results are written in small
+transactions, so a crash loses at most the uploads in flight; Ctrl-C and
+SIGTERM are acted on between files (interrupt.py), never between an upload S3
+confirmed and its record. Deletes go in DeleteObjects batches of up to 1,000
+keys after the uploads.
 """
 
 from __future__ import annotations
