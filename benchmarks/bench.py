@@ -51,6 +51,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1683,6 +1684,21 @@ def main() -> None:
     if not TOOL.exists():
         sys.exit(f"{TOOL} not found: run with the project's venv python")
 
+    run_and_report(args, run_benchmark, render, "matricula-backup benchmark (issue #4)")
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], dict[str, Any]],
+    render_result: Callable[[dict[str, Any]], str],
+    title: str,
+    echo: bool = False,
+) -> None:
+    """Run a benchmark, then write its markdown (``--out``, ``--append``) and ``--json``.
+
+    Shared by bench.py and multipart.py.
+    """
+
     def stop(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
@@ -1691,16 +1707,18 @@ def main() -> None:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     started = time.perf_counter()
-    result = run_benchmark(args)
+    result = run(args)
     result["bench_seconds"] = round(time.perf_counter() - started, 1)
-    text = render(result)
+    text = render_result(result)
     out = Path(args.out)
     if args.append and out.exists():
         out.write_text(out.read_text().rstrip("\n") + "\n\n" + text)
     else:
-        out.write_text("# matricula-backup benchmark (issue #4)\n\n" + text)
+        out.write_text(f"# {title}\n\n" + text)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    if echo:
+        print("\n" + text)
     print(f"\nwrote {out} ({result['bench_seconds']:.0f} s)")
 
 

@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -502,25 +501,15 @@ def main() -> None:
     parser.add_argument("--keep-work", action="store_true", help="keep cache, logs, server data")
     parser.add_argument("--delete-tree", action="store_true", help="delete the files at the end")
     args = parser.parse_args()
+    import bench
 
-    def stop(signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    started = time.perf_counter()
-    result = run_benchmark(args)
-    result["bench_seconds"] = round(time.perf_counter() - started, 1)
-    text = render(result)
-    out = Path(args.out)
-    if args.append and out.exists():
-        out.write_text(out.read_text().rstrip("\n") + "\n\n" + text)
-    else:
-        out.write_text("# matricula-backup: multipart uploads against boto3 (issue #4)\n\n" + text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
-    print("\n" + text)
-    print(f"wrote {out} ({result['bench_seconds']:.0f} s)")
+    bench.run_and_report(
+        args,
+        run_benchmark,
+        render,
+        "matricula-backup: multipart uploads against boto3 (issue #4)",
+        echo=True,
+    )
 
 
 if __name__ == "__main__":
