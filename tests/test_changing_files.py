@@ -5,14 +5,33 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from awscrt.checksums import crc64nvme
 
 from tests.conftest import Setup
+
+
+def _run_while(setup: Setup, change: Callable[[], None]) -> subprocess.CompletedProcess[str]:
+    """A backup run while another thread calls ``change`` over and over."""
+    stop = threading.Event()
+
+    def keep_changing() -> None:
+        while not stop.is_set():
+            change()
+
+    writer = threading.Thread(target=keep_changing)
+    writer.start()
+    try:
+        return setup.run()
+    finally:
+        stop.set()
+        writer.join()
 
 
 def test_a_file_growing_during_its_upload_is_left_for_the_next_run(setup: Setup, s3: Any) -> None:
@@ -22,21 +41,13 @@ def test_a_file_growing_during_its_upload_is_left_for_the_next_run(setup: Setup,
     setup.write_config(
         backup__folders=[str(folder)], backup__multipart_threshold_mb=5, backup__part_size_mb=5
     )
-    stop = threading.Event()
 
-    def keep_writing() -> None:
-        while not stop.is_set():
-            with open(growing, "ab") as handle:
-                handle.write(b"more")
-            time.sleep(0.005)
+    def append() -> None:
+        with open(growing, "ab") as handle:
+            handle.write(b"more")
+        time.sleep(0.005)
 
-    writer = threading.Thread(target=keep_writing)
-    writer.start()
-    try:
-        first = setup.run()
-    finally:
-        stop.set()
-        writer.join()
+    first = _run_while(setup, append)
 
     assert first.returncode == 1
     assert "growing.tif" in first.stderr and "changed while it was" in first.stderr
@@ -72,23 +83,15 @@ def test_a_rewrite_that_puts_the_mtime_back_during_a_multipart_upload_is_caught(
         backup__folders=[str(folder)], backup__multipart_threshold_mb=5, backup__part_size_mb=5
     )
     mtime_ns = scan.stat().st_mtime_ns
-    stop = threading.Event()
 
-    def keep_rewriting() -> None:
-        while not stop.is_set():
-            with open(scan, "r+b") as handle:
-                handle.seek(6 * 1024 * 1024)  # inside the second part
-                handle.write(os.urandom(16))
-            os.utime(scan, ns=(mtime_ns, mtime_ns))
-            time.sleep(0.002)
+    def rewrite() -> None:
+        with open(scan, "r+b") as handle:
+            handle.seek(6 * 1024 * 1024)  # inside the second part
+            handle.write(os.urandom(16))
+        os.utime(scan, ns=(mtime_ns, mtime_ns))
+        time.sleep(0.002)
 
-    writer = threading.Thread(target=keep_rewriting)
-    writer.start()
-    try:
-        first = setup.run()
-    finally:
-        stop.set()
-        writer.join()
+    first = _run_while(setup, rewrite)
 
     assert first.returncode == 1, first.stdout
     table = setup.table(folder)
