@@ -27,6 +27,21 @@ REGION = "eu-central-1"
 CLI = shutil.which("matricula-backup", path=os.path.dirname(sys.executable)) or "matricula-backup"
 
 
+def latest_versions(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    """Key -> latest version; keys whose latest version is a delete marker are left out."""
+    latest: dict[str, dict[str, Any]] = {}
+    markers: set[str] = set()
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for version in page.get("Versions", []):
+            if version["IsLatest"]:
+                latest[version["Key"]] = version
+        for marker in page.get("DeleteMarkers", []):
+            if marker["IsLatest"]:
+                markers.add(marker["Key"])
+    assert not markers & set(latest)
+    return latest
+
+
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise

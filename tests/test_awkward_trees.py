@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import CLI, Setup
+from tests.conftest import CLI, Setup, latest_versions
 from tests.s3proxy import CountingProxy
 
 NOBODY = 65534
@@ -34,11 +34,6 @@ SETPRIV = shutil.which("setpriv")
 
 def _key(path: Path | str) -> str:
     return str(path).lstrip("/")
-
-
-def _latest(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
-    versions = s3.list_object_versions(Bucket=bucket).get("Versions", [])
-    return {v["Key"]: v for v in versions if v["IsLatest"]}
 
 
 def _versions(s3: Any, bucket: str) -> list[str]:
@@ -179,9 +174,9 @@ def test_names_that_are_not_utf8_are_reported_and_skipped(setup: Setup, s3: Any)
 
     assert result.returncode == 1, result.stderr
     assert "uploaded 2/2 files" in result.stdout
-    assert set(_latest(s3, setup.bucket(root / "Graz"))) == {_key(root / "Graz/g.tif")}
+    assert set(latest_versions(s3, setup.bucket(root / "Graz"))) == {_key(root / "Graz/g.tif")}
     assert setup.db("SELECT count(*) FROM folders") == [(2,)]  # Band and Graz only
-    assert set(_latest(s3, setup.bucket(folder))) == {
+    assert set(latest_versions(s3, setup.bucket(folder))) == {
         _key(folder / "good.tif"),
         _key(folder / "sub/also-good.tif"),
     }
@@ -234,7 +229,7 @@ def test_a_backslash_in_a_name_is_uploaded_under_its_key_as_is(setup: Setup, s3:
         _key(folder) + "/back\\slash.tif",
         _key(folder) + "/dir\\name/inside.tif",
     }
-    assert set(_latest(s3, bucket)) == expected
+    assert set(latest_versions(s3, bucket)) == expected
     head = s3.head_object(Bucket=bucket, Key=_key(folder) + "/back\\slash.tif")
     assert head["ContentLength"] == 3
     assert head["Metadata"]["sha256"] == hashlib.sha256(b"one").hexdigest()
@@ -264,7 +259,7 @@ def test_keys_longer_than_1024_bytes_are_reported_and_skipped(setup: Setup, s3: 
     assert result.returncode == 1, result.stderr
     assert "uploaded 2/2 files" in result.stdout
     bucket = setup.bucket(folder)
-    latest = _latest(s3, bucket)
+    latest = latest_versions(s3, bucket)
     assert set(latest) == {_key(folder / exact), _key(folder / "short.tif")}
     assert len(_key(folder / exact).encode()) == 1024
     assert _states(setup, folder) == {exact: "backed_up", "short.tif": "backed_up"}
@@ -298,7 +293,7 @@ def test_symlinks_are_not_followed_nor_uploaded(setup: Setup, s3: Any) -> None:
 
     assert result.returncode == 0, result.stderr
     bucket = setup.bucket(folder)
-    assert set(_latest(s3, bucket)) == {_key(folder / "a.tif"), _key(folder / "sub/b.tif")}
+    assert set(latest_versions(s3, bucket)) == {_key(folder / "a.tif"), _key(folder / "sub/b.tif")}
     assert _states(setup, folder) == {"a.tif": "backed_up", "sub/b.tif": "backed_up"}
     assert _problems(setup) == []
     assert _last_run(setup) == ("ok", 2, 0, 0)
@@ -320,7 +315,7 @@ def test_fifos_sockets_and_devices_are_skipped(
     result = setup.run()
 
     assert result.returncode == 0, result.stderr
-    assert set(_latest(s3, setup.bucket(folder))) == {_key(folder / "a.tif")}
+    assert set(latest_versions(s3, setup.bucket(folder))) == {_key(folder / "a.tif")}
     assert _states(setup, folder) == {"a.tif": "backed_up"}
     assert _problems(setup) == []
     assert _last_run(setup) == ("ok", 1, 0, 0)
@@ -371,7 +366,7 @@ def test_a_file_replaced_by_a_fifo_after_the_scan_does_not_hang_the_run(
             process.communicate()
 
     assert process.returncode == 1, stderr
-    assert set(_latest(s3, setup.bucket(folder))) == {_key(folder / "a.tif")}
+    assert set(latest_versions(s3, setup.bucket(folder))) == {_key(folder / "a.tif")}
     rows = _rows(setup, folder)
     assert rows["a.tif"][1] == "backed_up"
     assert rows["z.tif"][1] == "failed" and "no longer a regular file" in rows["z.tif"][3]
@@ -429,7 +424,7 @@ def test_an_unreadable_file_is_reported_and_stays_in_the_bucket(
     setup.write_config(backup__folders=[str(folder)])
     assert setup.run().returncode == 0  # as root: everything backed up
     bucket = setup.bucket(folder)
-    before = _latest(s3, bucket)
+    before = latest_versions(s3, bucket)
     (folder / "unchanged.tif").chmod(0)  # same size and mtime: nothing to read
     setup.file("Band/changed.tif", b"new content")  # must be read again, cannot be
     (folder / "changed.tif").chmod(0)
@@ -447,7 +442,7 @@ def test_an_unreadable_file_is_reported_and_stays_in_the_bucket(
     ]
     assert all("cannot read: Permission denied" in p[2] for p in problems)
     # Nothing deleted; the old version of the changed file stays the latest.
-    latest = _latest(s3, bucket)
+    latest = latest_versions(s3, bucket)
     assert set(latest) == {*before, _key(folder / "new.tif")}
     assert _markers(s3, bucket) == []
     changed = _key(folder / "changed.tif")
@@ -482,7 +477,7 @@ def test_an_unreadable_subfolder_is_reported_and_nothing_below_it_deleted(
     setup.write_config(backup__folders=[str(folder), str(locked_folder)])
     assert setup.run().returncode == 0  # as root: everything backed up
     bucket, locked_bucket = setup.bucket(folder), setup.bucket(locked_folder)
-    before = _latest(s3, bucket)
+    before = latest_versions(s3, bucket)
     assert len(before) == 5
     (folder / "locked").chmod(0)  # cannot be listed
     (folder / "no-search").chmod(0o644)  # can be listed, its entries cannot be stat'ed
@@ -500,9 +495,9 @@ def test_an_unreadable_subfolder_is_reported_and_nothing_below_it_deleted(
         ("scan", str(locked_folder), "cannot list this directory"),
     ]
     # Nothing below the unreadable directories is deleted; the new file is uploaded.
-    assert set(_latest(s3, bucket)) == {*before, _key(folder / "new.tif")}
+    assert set(latest_versions(s3, bucket)) == {*before, _key(folder / "new.tif")}
     assert _markers(s3, bucket) == []
-    assert set(_latest(s3, locked_bucket)) == {_key(locked_folder / "e.tif")}
+    assert set(latest_versions(s3, locked_bucket)) == {_key(locked_folder / "e.tif")}
     assert _markers(s3, locked_bucket) == []
     assert set(_states(setup, folder).values()) == {"backed_up"}
     assert len(_states(setup, folder)) == 6
@@ -529,7 +524,7 @@ def test_a_missing_backup_folder_is_reported_and_nothing_deleted(setup: Setup, s
     assert len(problems) == 1 and problems[0][0] == "scan"
     assert "folder missing (not mounted?)" in problems[0][2]
     assert "folder missing" in result.stderr
-    assert set(_latest(s3, bucket)) == {_key(folder / "a.tif"), _key(folder / "sub/b.tif")}
+    assert set(latest_versions(s3, bucket)) == {_key(folder / "a.tif"), _key(folder / "sub/b.tif")}
     assert _markers(s3, bucket) == []
     assert _states(setup, folder) == {"a.tif": "backed_up", "sub/b.tif": "backed_up"}
     assert _last_run(setup) == ("errors", 0, 0, 1)
@@ -552,7 +547,7 @@ def test_an_empty_mount_point_deletes_nothing_unless_allowed(setup: Setup, s3: A
     problems = _problems(setup)
     assert len(problems) == 1 and problems[0][0] == "delete"
     assert "folder is empty but 3 files of it are in the bucket" in problems[0][2]
-    assert len(_latest(s3, bucket)) == 3
+    assert len(latest_versions(s3, bucket)) == 3
     assert _markers(s3, bucket) == []
     assert set(_states(setup, folder).values()) == {"backed_up"}
     assert _last_run(setup) == ("errors", 0, 0, 1)
@@ -561,7 +556,7 @@ def test_an_empty_mount_point_deletes_nothing_unless_allowed(setup: Setup, s3: A
 
     assert allowed.returncode == 0, allowed.stderr
     assert "deleted 3/3" in allowed.stdout
-    assert _latest(s3, bucket) == {}
+    assert latest_versions(s3, bucket) == {}
     assert len(_markers(s3, bucket)) == 3
     assert len(_versions(s3, bucket)) == 3  # the data stays as noncurrent versions
     assert _rows(setup, folder) == {}
@@ -585,7 +580,7 @@ def test_an_empty_root_mount_point_deletes_nothing(setup: Setup, s3: Any) -> Non
     assert len(problems) == 1 and problems[0][0] == "config"
     assert "has no subfolders" in problems[0][2]
     for name, bucket in buckets.items():
-        assert len(_latest(s3, bucket)) == 1
+        assert len(latest_versions(s3, bucket)) == 1
         assert _markers(s3, bucket) == []
         assert set(_states(setup, root / name).values()) == {"backed_up"}
     assert _last_run(setup) == ("errors", 0, 0, 1)
@@ -616,11 +611,11 @@ def test_a_mount_point_holding_a_marker_file_is_guarded_only_by_the_share_rule(
     assert len(problems) == 1 and problems[0][0] == "delete"
     assert "12 of 12 files (100%) are gone from disk" in problems[0][2]
     # The marker file itself is a new file: it is uploaded like any other.
-    assert set(_latest(s3, setup.bucket(big))) == {
+    assert set(latest_versions(s3, setup.bucket(big))) == {
         _key(big / f"{n:02d}.tif") for n in range(12)
     } | {_key(big / "NOT_MOUNTED")}
     assert _markers(s3, setup.bucket(big)) == []
-    assert set(_latest(s3, setup.bucket(small))) == {_key(small / "NOT_MOUNTED")}
+    assert set(latest_versions(s3, setup.bucket(small))) == {_key(small / "NOT_MOUNTED")}
     assert len(_markers(s3, setup.bucket(small))) == 3
     assert set(_states(setup, big)) == {f"{n:02d}.tif" for n in range(12)} | {"NOT_MOUNTED"}
     assert _states(setup, small) == {"NOT_MOUNTED": "backed_up"}
@@ -643,7 +638,7 @@ def test_a_vanished_subfolder_of_a_root_is_kept_but_not_reported(setup: Setup, s
     assert result.returncode == 0, result.stderr
     assert "Graz" not in result.stdout
     assert _problems(setup) == []
-    assert set(_latest(s3, graz_bucket)) == {_key(root / "Graz/b.tif")}
+    assert set(latest_versions(s3, graz_bucket)) == {_key(root / "Graz/b.tif")}
     assert _markers(s3, graz_bucket) == []
     assert _states(setup, root / "Graz") == {"b.tif": "backed_up"}
     assert _last_run(setup) == ("ok", 0, 0, 0)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Setup
+from tests.conftest import Setup, latest_versions
 from tests.s3proxy import CountingProxy
 
 
@@ -29,11 +29,6 @@ def _key(path: Path) -> str:
     return str(path).lstrip("/")
 
 
-def _latest(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
-    versions = s3.list_object_versions(Bucket=bucket).get("Versions", [])
-    return {v["Key"]: v for v in versions if v["IsLatest"]}
-
-
 # Small files go through the CRT by default (crt.py); the objects must not differ.
 @pytest.mark.parametrize("crt", [True, False], ids=["crt", "botocore"])
 def test_first_run_uploads_everything_to_a_configured_bucket(
@@ -48,7 +43,7 @@ def test_first_run_uploads_everything_to_a_configured_bucket(
     assert "uploaded 3/3 files" in result.stdout
     bucket = setup.bucket(folder)
     assert bucket.startswith("taufbuch-1890-") and len(bucket) == len("taufbuch-1890-") + 8
-    latest = _latest(s3, bucket)
+    latest = latest_versions(s3, bucket)
     assert set(latest) == {
         _key(folder / "0001.tif"),
         _key(folder / "sub dir/0002 ü.jpg"),
@@ -111,7 +106,7 @@ def test_changed_added_and_deleted_files(setup: Setup, s3: Any, s3_proxy: Counti
     folder = _tree(setup)
     assert setup.run().returncode == 0
     bucket = setup.bucket(folder)
-    first = _latest(s3, bucket)
+    first = latest_versions(s3, bucket)
     setup.file("Taufbuch 1890/0001.tif", b"C" * 1000, mtime=1_700_000_000)  # same size, new mtime
     setup.file("Taufbuch 1890/new.tif", b"new")
     (folder / "sub dir/0002 ü.jpg").unlink()
@@ -128,7 +123,7 @@ def test_changed_added_and_deleted_files(setup: Setup, s3: Any, s3_proxy: Counti
         "GET versioning": 1,
         "GET lifecycle": 1,
     }, s3_proxy.requests
-    latest = _latest(s3, bucket)
+    latest = latest_versions(s3, bucket)
     assert set(latest) == {
         _key(folder / "0001.tif"),
         _key(folder / "new.tif"),
@@ -172,7 +167,7 @@ def test_dry_run_changes_nothing_and_reports_the_work(
     assert "would upload 1 files (5 B), would delete 1 files (0 B)" in result.stdout
     assert (setup.cache / "state.db").read_bytes() == db_before
     assert s3_proxy.total == 0
-    assert len(_latest(s3, setup.bucket(folder))) == 3
+    assert len(latest_versions(s3, setup.bucket(folder))) == 3
 
 
 def test_reset_rebuilds_the_tables_without_uploading_again(
@@ -215,7 +210,7 @@ def test_lost_state_database_adopts_the_bucket_and_deletes_what_is_gone(
     assert setup.bucket(folder) == bucket  # derived again, the same
     assert s3_proxy.requests["PUT object"] == 0
     assert "deleted 1/1" in result.stdout
-    assert set(_latest(s3, bucket)) == {
+    assert set(latest_versions(s3, bucket)) == {
         _key(folder / "0001.tif"),
         _key(folder / "sub dir/0002 ü.jpg"),
     }
@@ -233,7 +228,7 @@ def test_roots_give_one_bucket_per_subfolder(setup: Setup, s3: Any) -> None:
     assert result.returncode == 0, result.stderr
     buckets = sorted(b["Name"] for b in s3.list_buckets()["Buckets"])
     assert [b.rsplit("-", 1)[0] for b in buckets] == ["graz", "wien"]
-    assert set(_latest(s3, setup.bucket(root / "Wien"))) == {_key(root / "Wien/a.tif")}
+    assert set(latest_versions(s3, setup.bucket(root / "Wien"))) == {_key(root / "Wien/a.tif")}
 
 
 def test_multipart_upload_of_a_large_file(setup: Setup, s3: Any) -> None:
@@ -289,7 +284,7 @@ def test_errors_are_counted_reported_once_and_do_not_stop_the_rest(
     log = (setup.cache / "matricula-backup.log").read_text()
     assert "SECRETSIG" not in log and "test-secret-never-logged" not in log
     assert "SECRETSIG" not in result.stdout + result.stderr
-    assert set(_latest(s3, setup.bucket(folder))) == {
+    assert set(latest_versions(s3, setup.bucket(folder))) == {
         _key(folder / "0001.tif"),
         _key(folder / "sub dir/0002 ü.jpg"),
         _key(folder / "empty.tif"),
@@ -324,7 +319,7 @@ def test_an_empty_folder_deletes_nothing(setup: Setup, s3: Any) -> None:
     assert "folder is empty but 3 files of it are in the bucket" in result.stdout + str(
         setup.db("SELECT message FROM problems")
     )
-    assert len(_latest(s3, setup.bucket(folder))) == 3
+    assert len(latest_versions(s3, setup.bucket(folder))) == 3
 
 
 def test_a_second_run_exits_at_once_while_the_lock_is_held(setup: Setup) -> None:
@@ -373,7 +368,7 @@ def test_bucket_prefix_applies_until_a_bucket_is_set_up_then_never_changes(
     assert result.returncode == 0, result.stderr
     assert setup.bucket(folder) == bucket
     assert "keeps its recorded bucket" in (setup.cache / "matricula-backup.log").read_text()
-    assert len(_latest(s3, bucket)) == 2
+    assert len(latest_versions(s3, bucket)) == 2
 
 
 def test_verbose_logs_why_each_file_is_uploaded(setup: Setup) -> None:
@@ -474,13 +469,13 @@ def test_losing_many_files_at_once_deletes_nothing_unless_allowed(setup: Setup, 
     assert refused.returncode == 1
     assert "12 of 30 files (40%) are gone from disk" in refused.stderr
     assert "--allow-mass-delete" in refused.stderr
-    assert len(_latest(s3, setup.bucket(folder))) == 30
+    assert len(latest_versions(s3, setup.bucket(folder))) == 30
 
     allowed = setup.run("--allow-mass-delete")
 
     assert allowed.returncode == 0, allowed.stderr
     assert "deleted 12/12" in allowed.stdout
-    assert len(_latest(s3, setup.bucket(folder))) == 18
+    assert len(latest_versions(s3, setup.bucket(folder))) == 18
 
 
 def test_max_delete_percent_is_configurable(setup: Setup, s3: Any) -> None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import CLI, Setup
+from tests.conftest import CLI, Setup, latest_versions
 from tests.s3proxy import CountingProxy
 
 WORKERS = 2
@@ -54,14 +54,7 @@ def _database_opens(cache: Path) -> None:
 
 def _assert_bucket_and_database_match_tree(setup: Setup, s3: Any, folder: Path) -> None:
     bucket = setup.bucket(folder)
-    latest = {}
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for version in page.get("Versions", []):
-            if version["IsLatest"]:
-                latest[version["Key"]] = version
-        for marker in page.get("DeleteMarkers", []):
-            if marker["IsLatest"]:
-                latest.pop(marker["Key"], None)
+    latest = latest_versions(s3, bucket)
     on_disk = {str(p).lstrip("/"): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
     assert {key: v["Size"] for key, v in latest.items()} == on_disk
     rows = setup.db(f'SELECT path, size, state, version_id FROM "{setup.table(folder)}"')

@@ -16,7 +16,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
-from tests.conftest import REGION, Setup
+from tests.conftest import REGION, Setup, latest_versions
 from tests.faultproxy import FaultProxy
 from tests.s3proxy import CountingProxy
 
@@ -47,25 +47,10 @@ def _make_tree(setup: Setup, name: str, count: int, seed: int = 1) -> Path:
     return setup.images / name
 
 
-def _latest(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
-    """Key -> latest version; keys whose latest version is a delete marker are left out."""
-    latest: dict[str, dict[str, Any]] = {}
-    markers: set[str] = set()
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        for version in page.get("Versions", []):
-            if version["IsLatest"]:
-                latest[version["Key"]] = version
-        for marker in page.get("DeleteMarkers", []):
-            if marker["IsLatest"]:
-                markers.add(marker["Key"])
-    assert not markers & set(latest)
-    return latest
-
-
 def _assert_bucket_and_db_match_tree(setup: Setup, s3: Any, folder: Path) -> None:
     files = {p: p.stat() for p in folder.rglob("*") if p.is_file()}
     bucket = setup.bucket(folder)
-    latest = _latest(s3, bucket)
+    latest = latest_versions(s3, bucket)
     assert {key: v["Size"] for key, v in latest.items()} == {
         _key(p): st.st_size for p, st in files.items()
     }
@@ -212,7 +197,7 @@ def test_uploads_failing_every_attempt_are_recorded_and_the_next_run_uploads_the
     # Every file was tried, and retried (how often: see the max_attempts test below).
     assert faults.injected > 20, faults.faults
     assert faults.requests["PUT object"] == 0
-    assert _latest(s3, setup.bucket(folder)) == {}
+    assert latest_versions(s3, setup.bucket(folder)) == {}
     table = setup.table(folder)
     rows = setup.db(f'SELECT path, state, error, uploaded_at FROM "{table}"')
     assert len(rows) == 20
@@ -268,7 +253,7 @@ def test_failed_deletes_are_retried_by_the_next_run(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "deleted 0/5" in result.stdout
     assert faults.requests["POST delete"] == 0
-    assert len(_latest(s3, bucket)) == 30  # nothing deleted, no delete marker
+    assert len(latest_versions(s3, bucket)) == 30  # nothing deleted, no delete marker
     table = setup.table(folder)
     rows = dict(setup.db(f'SELECT path, error FROM "{table}" WHERE error IS NOT NULL'))
     assert set(rows) == {str(p.relative_to(folder)) for p in gone}
@@ -342,7 +327,7 @@ def test_a_file_deleted_after_an_unconfirmed_upload_is_deleted_from_the_bucket(
 
     assert result.returncode == 1, result.stdout + result.stderr
     assert faults.requests["PUT object"] >= 3  # each attempt reached S3
-    assert len(_latest(s3, setup.bucket(folder))) == 3
+    assert len(latest_versions(s3, setup.bucket(folder))) == 3
     faults.off()
     (folder / "0" / "000.tif").unlink()
 
