@@ -32,6 +32,7 @@ from matricula_backup.errors import (
     LockHeld,
 )
 from matricula_backup.folders import backup_folders, bucket_name
+from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.pricing import cost_lines
@@ -220,10 +221,34 @@ def restore(
     at: Annotated[
         str | None,
         typer.Option(
-            help="Restore the versions current at this time (e.g. 2026-11-20T14:30), which "
-            "brings back files deleted since."
+            help="Restore the versions current at this time (e.g. 2026-11-20T14:30:15), which "
+            "brings back files deleted since. A time without a zone is the local time of this "
+            "machine; add one for another (2026-11-20T14:30Z, ...+01:00)."
         ),
     ] = None,
+    deleted: Annotated[
+        bool,
+        typer.Option(
+            "--deleted",
+            help="Restore only files that were deleted, each as it was before its deletion.",
+        ),
+    ] = False,
+    no_owner: Annotated[
+        bool,
+        typer.Option(
+            "--no-owner",
+            help="Do not give files their owner and group from the backup (set only when "
+            "running as root; otherwise files belong to the user who restores).",
+        ),
+    ] = False,
+    keep_special_bits: Annotated[
+        bool,
+        typer.Option(
+            "--keep-special-bits",
+            help="Also restore setuid, setgid and sticky bits (dropped by default: the "
+            "bucket's metadata is not trusted with them).",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option(help="Also replace local files newer than the backup.")
     ] = False,
@@ -238,8 +263,11 @@ def restore(
     within 48 hours (bulk) or 12 hours (standard). Each later run downloads what
     has become readable, verifies it, and sets its modification time.
 
+    Files get their mode from the backup, and their owner when run as root.
+
     Example: matricula-backup restore --cache /var/lib/matricula-backup /images/Taufbuch
     """
+    umask = current_umask()  # the user's, for restored files; _start sets the tool's own
     cache, log_path = _start(cache, verbose)
     if tier.lower() not in TIERS:
         typer.echo(f"--tier {tier!r}: use bulk or standard", err=True)
@@ -249,6 +277,9 @@ def restore(
     except ValueError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    if deleted and moment:
+        typer.echo("--deleted and --at exclude each other: use one of them", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
     selectors = tuple(Path(os.path.normpath(path.absolute())) for path in paths or ())
     options = RestoreOptions(
         selectors,
@@ -258,6 +289,10 @@ def restore(
         moment,
         overwrite,
         dry_run,
+        deleted=deleted,
+        owner=not no_owner,
+        keep_special_bits=keep_special_bits,
+        umask=umask,
     )
     try:
         settings = _load(cache)

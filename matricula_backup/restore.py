@@ -19,17 +19,21 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import re
+import shlex
+import stat
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
+from botocore.exceptions import ClientError
 from sqlalchemy import Connection
 
-from matricula_backup import pricing, s3
+from matricula_backup import localfs, pricing, s3
 from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
 from matricula_backup.folders import backup_folders, bucket_name
@@ -38,7 +42,7 @@ from matricula_backup.report import Problem
 logger = logging.getLogger(__name__)
 
 TIERS = {"bulk": "Bulk", "standard": "Standard"}
-BATCH = 200
+BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,10 @@ class RestoreOptions:
     overwrite: bool = False
     dry_run: bool = False
     prices: pricing.Prices = pricing.Prices()
+    deleted: bool = False  # only files deleted since: the newest version before the deletion
+    owner: bool = True  # set uid/gid from the metadata (only when running as root)
+    keep_special_bits: bool = False  # setuid/setgid/sticky from the metadata
+    umask: int = 0o022  # of the user who runs the restore (the tool's own is 077)
 
 
 @dataclass
@@ -76,8 +84,13 @@ class _Item:
     key: str
     version_id: str
     size: int
-    target: str
+    target: str  # where it goes (or, for an unsafe key, s3://bucket/key), escaped for display
     downloaded_before: bool
+    requested_before: bool
+    archived: bool
+    root: str = ""  # the backup folder, or --to
+    parts: tuple[str, ...] = ()  # the checked path below root
+    unsafe: str = ""  # why the key is not written
 
 
 def run_restore(settings: Settings, options: RestoreOptions) -> RestoreReport:
@@ -93,10 +106,11 @@ def run_restore(settings: Settings, options: RestoreOptions) -> RestoreReport:
             sources = _sources(conn, settings, store, report)
             _list_selected_versions(conn, store, sources, options, report)
             _select(conn, options, report)
+            _explain_deleted(conn, settings, options, report)
             if options.dry_run:
                 _estimate(conn, report)
             else:
-                _work(conn, store, options, report, settings.workers)
+                _work(conn, store, sources, options, report, settings.workers)
     finally:
         engine.dispose()
     return report
@@ -231,7 +245,19 @@ def _prefixes(
 def _select(conn: Connection, options: RestoreOptions, report: RestoreReport) -> None:
     """The version of each key to restore, into ``temp.selection``."""
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.selection")
-    if options.at is None:
+    if options.deleted:
+        # Keys whose latest entry is a delete marker: the newest version before it.
+        conn.exec_driver_sql(
+            """CREATE TEMP TABLE selection AS
+            SELECT bucket, key, version_id, size, storage_class FROM (
+                SELECT *, row_number() OVER (
+                    PARTITION BY bucket, key ORDER BY last_modified_ms DESC, ord) AS newest
+                FROM temp.versions AS v WHERE NOT is_marker AND EXISTS (
+                    SELECT 1 FROM temp.versions AS m WHERE m.bucket = v.bucket
+                    AND m.key = v.key AND m.is_latest AND m.is_marker))
+            WHERE newest = 1 ORDER BY bucket, key"""
+        )
+    elif options.at is None:
         conn.exec_driver_sql(
             "CREATE TEMP TABLE selection AS SELECT bucket, key, version_id, size, storage_class "
             "FROM temp.versions WHERE is_latest AND NOT is_marker ORDER BY bucket, key"
@@ -254,6 +280,66 @@ def _select(conn: Connection, options: RestoreOptions, report: RestoreReport) ->
     report.selected, report.selected_bytes = int(count), int(size)
 
 
+def _explain_deleted(
+    conn: Connection, settings: Settings, options: RestoreOptions, report: RestoreReport
+) -> None:
+    """A path that matches only deleted files: say when, and the command that restores it."""
+    if options.at is not None or options.deleted:
+        return
+    for selector in options.selectors:
+        prefix = str(selector).lstrip("/")
+        match = "({0} = ? OR substr({0}, 1, length(?) + 1) = ? || '/')"
+        (selected,) = conn.exec_driver_sql(
+            f"SELECT count(*) FROM temp.selection WHERE {match.format('key')}",
+            (prefix, prefix, prefix),
+        ).one()
+        if selected:
+            continue
+        rows = conn.exec_driver_sql(
+            f"""SELECT m.last_modified_ms, (
+                    SELECT max(v.last_modified_ms) FROM temp.versions AS v WHERE NOT v.is_marker
+                    AND v.bucket = m.bucket AND v.key = m.key) AS version_ms
+            FROM temp.versions AS m WHERE m.is_latest AND m.is_marker AND {match.format("m.key")}
+            ORDER BY m.last_modified_ms""",
+            (prefix, prefix, prefix),
+        ).all()
+        rows = [row for row in rows if row[1] is not None]
+        if not rows:
+            continue
+        command = f"matricula-backup restore --cache {shlex.quote(str(settings.cache_dir))}"
+        path = shlex.quote(str(selector))
+        if len(rows) == 1:
+            deleted_ms, version_ms = rows[0]
+            message = (
+                f"deleted at {_local(deleted_ms)}; nothing selected (only files that exist "
+                f"now are restored by default). To restore it as it was then: {command} "
+                f"--at {_before(version_ms, deleted_ms)} {path}"
+            )
+        else:
+            message = (
+                f"only deleted files match: {len(rows)} files, deleted between "
+                f"{_local(rows[0][0])} and {_local(rows[-1][0])}; nothing selected. To restore "
+                f"each as it was before its deletion: {command} --deleted {path} (or the "
+                f"state at one time: --at TIME, e.g. --at "
+                f"{_before(rows[-1][1], rows[-1][0])} for the last deletion)"
+            )
+        shown = localfs.escape(str(selector))
+        report.problems.append(Problem(str(selector), "restore", message, shown))
+
+
+def _local(ms: int) -> str:
+    return f"{datetime.fromtimestamp(ms / 1000).astimezone():%Y-%m-%d %H:%M:%S %Z}"
+
+
+def _before(version_ms: int, deleted_ms: int) -> str:
+    """An --at time (local, with its offset) that selects the version, not the marker after it."""
+    seconds = -(-version_ms // 1000)
+    if seconds * 1000 < deleted_ms:
+        moment = datetime.fromtimestamp(seconds).astimezone()
+        return moment.isoformat(timespec="seconds")
+    return datetime.fromtimestamp(version_ms / 1000).astimezone().isoformat(timespec="milliseconds")
+
+
 def _estimate(conn: Connection, report: RestoreReport) -> None:
     """Dry run: the archived versions not downloaded yet would all be requested."""
     count, size = conn.exec_driver_sql(
@@ -270,26 +356,57 @@ def _estimate(conn: Connection, report: RestoreReport) -> None:
 def _work(
     conn: Connection,
     store: s3.Store,
+    sources: dict[str, Path],
     options: RestoreOptions,
     report: RestoreReport,
     workers: int,
 ) -> None:
+    """Every selected object on ``workers`` threads: HEAD, RestoreObject, GET and write.
+
+    The pool is kept fed (a window of objects in flight, not batches that
+    wait for their slowest); results are recorded by this thread and
+    committed about once a second.
+    """
+    window = workers * 4
+    pending: set[Future[tuple[str, str]]] = set()
+    items: dict[Future[tuple[str, str]], _Item] = {}
+    last_commit = time.monotonic()
+
+    def record(done: set[Future[tuple[str, str]]]) -> None:
+        now = int(time.time())
+        for future in done:
+            item = items.pop(future)
+            outcome, detail = future.result()
+            _count(report, item, outcome, detail)
+            _record(conn, item, outcome, detail, options.tier, now)
+
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-        for batch in _batches(conn, options):
-            outcomes = list(pool.map(lambda item: _restore_one(store, item, options), batch))
-            now = int(time.time())
-            for item, (outcome, detail) in zip(batch, outcomes, strict=True):
-                _count(report, item, outcome, detail)
-                _record(conn, item, outcome, detail, options.tier, now)
-            conn.commit()
+        for batch in _batches(conn, sources, options):
+            for item in batch:
+                future = pool.submit(_restore_one, store, item, options)
+                items[future] = item
+                pending.add(future)
+                if len(pending) >= window:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    record(done)
+                    if time.monotonic() - last_commit > 1:
+                        conn.commit()
+                        last_commit = time.monotonic()
+        done, pending = wait(pending)
+        record(done)
+        conn.commit()
 
 
-def _batches(conn: Connection, options: RestoreOptions) -> Iterator[list[_Item]]:
+def _batches(
+    conn: Connection, sources: dict[str, Path], options: RestoreOptions
+) -> Iterator[list[_Item]]:
     last = 0
     while True:
         rows = conn.exec_driver_sql(
             """SELECT s.rowid, s.bucket, s.key, s.version_id, s.size,
-                      r.downloaded_at IS NOT NULL AND r.target IS NOT NULL
+                      r.downloaded_at IS NOT NULL AND r.target IS NOT NULL,
+                      r.requested_at IS NOT NULL,
+                      s.storage_class IN ('DEEP_ARCHIVE', 'GLACIER')
             FROM temp.selection AS s LEFT JOIN restores AS r USING (bucket, key, version_id)
             WHERE s.rowid > ? ORDER BY s.rowid LIMIT ?""",
             (last, BATCH),
@@ -298,24 +415,55 @@ def _batches(conn: Connection, options: RestoreOptions) -> Iterator[list[_Item]]
             return
         last = rows[-1][0]
         yield [
-            _Item(row[1], row[2], row[3], row[4], _target(row[2], options.to), bool(row[5]))
+            _place(
+                _Item(row[1], row[2], row[3], row[4], "", bool(row[5]), bool(row[6]), bool(row[7])),
+                sources[row[1]],
+                options.to,
+            )
             for row in rows
         ]
 
 
-def _target(key: str, to: Path | None) -> str:
-    original = "/" + key
-    return str(to / key) if to else original
+def _place(item: _Item, folder: Path, to: Path | None) -> _Item:
+    """Where the object goes: checked below the backup folder (or --to), or why not."""
+    prefix = str(folder).lstrip("/") + "/"
+    try:
+        if not item.key.startswith(prefix):
+            raise localfs.UnsafeKey(f"the key lies outside the folder's prefix {prefix!r}")
+        parts = localfs.split_key(item.key[len(prefix) :])
+        if to is None:
+            root = str(folder)
+        else:
+            root = str(to)
+            parts = [*prefix.rstrip("/").split("/"), *parts]
+        path = localfs.inside(root, parts)
+    except localfs.UnsafeKey as exc:
+        shown = f"s3://{item.bucket}/{localfs.escape(item.key)}"
+        return replace(item, target=shown, unsafe=f"not restored: {exc}")
+    return replace(item, target=path, root=root, parts=tuple(parts))
 
 
 def _restore_one(store: s3.Store, item: _Item, options: RestoreOptions) -> tuple[str, str]:
     """Do the next step for one object; returns (outcome, detail). Never raises."""
+    if item.unsafe:
+        return "error", item.unsafe
+    parts = list(item.parts)
     try:
-        local = _lstat(item.target)
+        local = localfs.lstat(item.root, parts)
+        if local is not None and not stat.S_ISREG(local.st_mode):
+            if stat.S_ISDIR(local.st_mode):
+                return "error", "a directory is in the place of the file; left alone"
+            if not options.overwrite:
+                return "error", (
+                    f"{_kind(local)} is in the place of the file; left alone (--overwrite "
+                    "replaces the link or file itself, never what it points to)"
+                )
+            local = None  # --overwrite: the rename replaces the entry itself
         if item.downloaded_before and local and local.st_size == item.size:
             return "present", ""
-        state = s3.head(store, item.bucket, item.key, item.version_id)
+        state = None
         if local is not None:
+            state = s3.head(store, item.bucket, item.key, item.version_id)
             # The listing's size: HEAD of an archived object may not give it.
             same = local.st_size == item.size and local.st_mtime_ns == state.mtime_ns
             if same:
@@ -324,6 +472,15 @@ def _restore_one(store: s3.Store, item: _Item, options: RestoreOptions) -> tuple
                 state.mtime_ns is None or local.st_mtime_ns > state.mtime_ns
             ):
                 return "kept_newer", "a local file newer than the backup exists"
+        elif not item.archived or item.requested_before:
+            # Probably readable by now: one GET instead of HEAD + GET.
+            try:
+                return _download(store, item, options, None)
+            except ClientError as exc:
+                if s3.error_code(exc) != "InvalidObjectState":
+                    raise
+        if state is None:
+            state = s3.head(store, item.bucket, item.key, item.version_id)
         if state.archived and state.restore != "done":
             if state.restore == "ongoing":
                 return "in_progress", ""
@@ -331,19 +488,54 @@ def _restore_one(store: s3.Store, item: _Item, options: RestoreOptions) -> tuple
                 store, item.bucket, item.key, item.version_id, options.tier, options.days
             )
             return "requested", ""
-        s3.download(store, item.bucket, item.key, item.version_id, item.target, state, item.size)
-        return "downloaded", ""
+        return _download(store, item, options, state)
     except s3.S3_ERRORS as exc:
         return "error", s3.describe(exc)
+    except localfs.UnsafePath as exc:
+        return "error", f"not restored: {exc}"
+    except PermissionError as exc:
+        return "error", _permission_message(exc, item, options)
     except (OSError, s3.ChecksumMismatch) as exc:
         return "error", f"{type(exc).__name__}: {exc}"
 
 
-def _lstat(path: str) -> os.stat_result | None:
+def _download(
+    store: s3.Store, item: _Item, options: RestoreOptions, state: s3.ObjectState | None
+) -> tuple[str, str]:
+    fetched = s3.download(store, item.bucket, item.key, item.version_id, state, item.size)
+    dir_mode = 0o777 & ~options.umask
+    with localfs.create(item.root, list(item.parts), dir_mode) as output:
+        for chunk in fetched.chunks():
+            output.write(chunk)
+        attributes = localfs.attributes(
+            fetched.state.metadata,
+            options.umask,
+            options.keep_special_bits,
+            set_owner=options.owner and os.geteuid() == 0,
+        )
+        output.commit(attributes, fetched.state.mtime_ns)
+    return "downloaded", ""
+
+
+def _kind(found: os.stat_result) -> str:
+    return "a symlink" if stat.S_ISLNK(found.st_mode) else "a special file (not a regular file)"
+
+
+def _permission_message(exc: PermissionError, item: _Item, options: RestoreOptions) -> str:
+    """Who restores, what it could not do, and the two ways out."""
+    uid = os.geteuid()
     try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = f"uid {uid}"
+    where = localfs.escape(exc.filename) if isinstance(exc.filename, str) else "its directory"
+    advice = (
+        "write access there, or restore under a directory of your own with --to DIR"
+        if options.to is not None
+        else "run the restore as root (owners and modes come back from the backup), or "
+        "restore under a directory of your own with --to DIR"
+    )
+    return f"cannot write {where} as user {user}: permission denied; {advice}"
 
 
 def _count(report: RestoreReport, item: _Item, outcome: str, detail: str) -> None:
@@ -390,7 +582,9 @@ def _record(conn: Connection, item: _Item, outcome: str, detail: str, tier: str,
 def restore_lines(report: RestoreReport, options: RestoreOptions) -> list[str]:
     """The summary a person reads after each restore run."""
     gib = pricing.GB
-    when = f" as of {options.at:%Y-%m-%d %H:%M %Z}" if options.at else ""
+    when = f" as of {options.at:%Y-%m-%d %H:%M:%S %Z}" if options.at else ""
+    if options.deleted:
+        when = " deleted (each as it was before its deletion)"
     lines = [f"selected: {report.selected} files ({report.selected_bytes / gib:.2f} GiB){when}"]
     if options.dry_run:
         lines.append(
@@ -440,7 +634,8 @@ def _cost_lines(report: RestoreReport, options: RestoreOptions) -> list[str]:
 
 
 def parse_at(value: str) -> datetime:
-    """'2026-11-20' or '2026-11-20T14:30' (local time) or with an offset, e.g. '...Z'."""
+    """'2026-11-20' or '2026-11-20T14:30:15' (local time of this machine) or with an
+    offset, e.g. '...Z' or '...+01:00'."""
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

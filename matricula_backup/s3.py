@@ -10,7 +10,6 @@ upload time: archived objects cannot be changed later without a new upload.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import logging
@@ -19,7 +18,7 @@ import stat
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -396,7 +395,7 @@ def upload(
             _check_unchanged(path, before, len(data))
             if digest == in_bucket_sha256:
                 return Uploaded(rel, before.st_size, before.st_mtime_ns, None, digest, False)
-            response = _put(store, bucket, key, data, _metadata(before.st_mtime_ns, digest), digest)
+            response = _put(store, bucket, key, data, _metadata(before, digest), digest)
             _check_echo(response, digest, key)
         else:
             # The whole-file SHA-256 goes into the metadata, which is set when the
@@ -504,7 +503,7 @@ def _multipart(
         Bucket=bucket,
         Key=key,
         StorageClass=STORAGE_CLASS,
-        Metadata=_metadata(before.st_mtime_ns, digest),
+        Metadata=_metadata(before, digest),
         ChecksumAlgorithm="CRC64NVME",  # a full-object checksum, S3's only type for it
     )["UploadId"]
     try:
@@ -646,10 +645,17 @@ def list_latest(store: Store, bucket: str, prefix: str) -> Iterator[list[ListedO
             raise
 
 
-def _metadata(mtime_ns: int, digest: bytes) -> dict[str, str]:
-    # "mtime" as decimal seconds is what rclone writes and reads too.
-    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
-    return {"mtime": f"{seconds}.{nanos:09d}", "sha256": digest.hex()}
+def _metadata(before: os.stat_result, digest: bytes) -> dict[str, str]:
+    # "mtime" as decimal seconds, "mode" as octal with the file type bits,
+    # "uid"/"gid" as decimal: what rclone writes and reads too (--metadata).
+    seconds, nanos = divmod(before.st_mtime_ns, 1_000_000_000)
+    return {
+        "mtime": f"{seconds}.{nanos:09d}",
+        "sha256": digest.hex(),
+        "mode": f"{before.st_mode:07o}",
+        "uid": str(before.st_uid),
+        "gid": str(before.st_gid),
+    }
 
 
 def _b64(digest: bytes) -> str:
@@ -707,6 +713,7 @@ class ObjectState:
     restore: str  # "", "ongoing", or "done" (readable until it expires)
     mtime_ns: int | None  # from the 'mtime' metadata
     sha256: str | None  # hex, from the 'sha256' metadata
+    metadata: dict[str, str] = field(default_factory=dict)  # all of it, untrusted
 
 
 def list_versions(store: Store, bucket: str, prefix: str) -> Iterator[list[Version]]:
@@ -730,7 +737,11 @@ def list_versions(store: Store, bucket: str, prefix: str) -> Iterator[list[Versi
 
 
 def head(store: Store, bucket: str, key: str, version_id: str) -> ObjectState:
-    response = store.client.head_object(Bucket=bucket, Key=key, VersionId=version_id)
+    return _state(store.client.head_object(Bucket=bucket, Key=key, VersionId=version_id))
+
+
+def _state(response: dict[str, Any]) -> ObjectState:
+    """What the headers of a HEAD or GET answer say of the object."""
     restore = response.get("Restore") or ""
     metadata = response.get("Metadata", {})
     return ObjectState(
@@ -744,6 +755,7 @@ def head(store: Store, bucket: str, key: str, version_id: str) -> ObjectState:
         ),
         mtime_ns=parse_mtime(metadata.get("mtime")),
         sha256=metadata.get("sha256"),
+        metadata=dict(metadata),
     )
 
 
@@ -763,48 +775,48 @@ def request_restore(
             raise
 
 
-def download(
-    store: Store,
-    bucket: str,
-    key: str,
-    version_id: str,
-    target: str,
-    expected: ObjectState,
-    size: int,
-) -> None:
-    """Write a readable version of ``size`` bytes to ``target``: atomic, verified, its mtime.
+class Download:
+    """A readable version being fetched: its state and its bytes, checked as they pass."""
 
-    The bytes go to a temporary file beside the target; only when their size
-    and SHA-256 match what was recorded at upload is it renamed into place.
-    """
-    directory = os.path.dirname(target)
-    os.makedirs(directory, exist_ok=True)
-    temporary = os.path.join(directory, f".{os.path.basename(target)}.matricula-restore")
-    response = store.client.get_object(Bucket=bucket, Key=key, VersionId=version_id)
-    digest = hashlib.sha256()
-    written = 0
-    try:
-        with open(temporary, "wb") as handle:
-            for chunk in response["Body"].iter_chunks(READ_CHUNK):
+    def __init__(self, response: dict[str, Any], state: ObjectState, size: int) -> None:
+        self.state = state
+        self._body = response["Body"]
+        self._size = size
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes; raises ChecksumMismatch after the last chunk if size or SHA-256 differ.
+
+        The caller writes them to a temporary file and puts it in place only
+        when this ends without an error (localfs.py).
+        """
+        digest = hashlib.sha256()
+        received = 0
+        try:
+            for chunk in self._body.iter_chunks(READ_CHUNK):
                 digest.update(chunk)
-                handle.write(chunk)
-                written += len(chunk)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if written != size:
-            raise ChecksumMismatch(f"{key}: got {written} bytes, the object has {size}")
-        if expected.sha256 and digest.hexdigest() != expected.sha256:
+                received += len(chunk)
+                yield chunk
+        finally:
+            self._body.close()
+        if received != self._size:
+            raise ChecksumMismatch(f"got {received} bytes, the object has {self._size}")
+        expected = self.state.sha256
+        if expected and digest.hexdigest() != expected:
             raise ChecksumMismatch(
-                f"{key}: SHA-256 {digest.hexdigest()} differs from {expected.sha256} recorded "
-                "at upload"
+                f"SHA-256 {digest.hexdigest()} differs from {expected} recorded at upload"
             )
-        if expected.mtime_ns is not None:
-            os.utime(temporary, ns=(expected.mtime_ns, expected.mtime_ns))
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+
+
+def download(
+    store: Store, bucket: str, key: str, version_id: str, expected: ObjectState | None, size: int
+) -> Download:
+    """GET a version of ``size`` bytes; InvalidObjectState (a ClientError) if not readable.
+
+    ``expected`` is what a HEAD said of the object; without one, the GET's own
+    headers say it (mtime, SHA-256, the rest of the metadata).
+    """
+    response = store.client.get_object(Bucket=bucket, Key=key, VersionId=version_id)
+    return Download(response, expected or _state(response), size)
 
 
 def parse_mtime(value: str | None) -> int | None:

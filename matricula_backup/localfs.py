@@ -1,0 +1,324 @@
+"""Writing restored files safely: keys and metadata from a bucket are untrusted input.
+
+Whoever held the AWS keys could have written any key and any metadata into a
+bucket, and a restore often runs as root. So (DESIGN.md, invariant 9):
+
+- a key's path below its folder is checked before anything is created: no
+  empty, ``.`` or ``..`` segment, no leading or trailing ``/``, no control
+  character (``UnsafeKey``);
+- below the target root every directory is opened (or created) one component
+  at a time with ``O_NOFOLLOW | O_DIRECTORY`` relative to its parent's file
+  descriptor: a symlink where a directory is expected stops the file
+  (``UnsafePath``) and nothing is written below it;
+- the bytes go to a temporary file with an unpredictable name, created with
+  ``O_CREAT | O_EXCL | O_NOFOLLOW`` in the target directory; mode, owner and
+  mtime are set on its descriptor, and ``rename`` relative to the directory's
+  descriptor replaces the directory entry itself, never what a symlink there
+  points to;
+- the mode, uid and gid from the metadata (rclone's names and formats) are
+  parsed defensively: only permission bits, setuid/setgid/sticky only when
+  asked for, owners only when running as root.
+
+The target root itself (the backup folder, or ``--to``) comes from the
+administrator and is opened normally.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import stat
+import threading
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+TEMP_SUFFIX = ".matricula-restore"
+_TEMP_NAME = re.compile(r"\.[0-9a-f]{16}" + re.escape(TEMP_SUFFIX))
+_STARTED = time.time()
+_swept: set[tuple[int, int]] = set()
+_swept_lock = threading.Lock()
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown
+
+
+class UnsafeKey(Exception):
+    """A key whose path cannot be written below the target: reported, never written."""
+
+
+class UnsafePath(Exception):
+    """Something in the target tree that a restore must not follow (a symlink, ...)."""
+
+
+def current_umask() -> int:
+    """The process's umask (there is no call that only reads it)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def escape(text: str) -> str:
+    """``text`` with control and format characters as escapes, safe to print or log."""
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            code = ord(char)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def split_key(rel: str) -> list[str]:
+    """The segments of a key's path below its folder; raise UnsafeKey if it is not safe."""
+    if not rel:
+        raise UnsafeKey("the key names the folder itself, not a file")
+    for char in rel:
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise UnsafeKey("the key contains a control character")
+    if rel.startswith("/"):
+        raise UnsafeKey("the path below the folder starts with '/'")
+    if rel.endswith("/"):
+        raise UnsafeKey("the key ends with '/' (a folder marker, not a file)")
+    parts = rel.split("/")
+    for part in parts:
+        if part in ("", ".", ".."):
+            shown = "an empty ('//')" if not part else f"a '{part}'"
+            raise UnsafeKey(f"the key has {shown} segment")
+        if len(part.encode("utf-8", "surrogateescape")) > 255:
+            raise UnsafeKey("a segment of the key is longer than 255 bytes")
+    return parts
+
+
+# --- metadata --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attributes:
+    """What a restored file gets: permission bits, and the owner if it is to be set."""
+
+    mode: int  # permission bits (and setuid/setgid/sticky only if allowed)
+    uid: int | None
+    gid: int | None
+    from_metadata: bool  # False: no usable mode in the metadata (the umask default)
+
+
+def attributes(
+    metadata: dict[str, str], umask: int, keep_special_bits: bool, set_owner: bool
+) -> Attributes:
+    """Mode and owner from rclone-style metadata (``mode`` octal, ``uid``/``gid`` decimal).
+
+    Garbage is ignored: a mode that is not octal or not a regular file's gives
+    the restoring user's default (0666 & ~umask), like a file made by ``cp``.
+    """
+    mode = _parse_mode(metadata.get("mode"))
+    uid = _parse_id(metadata.get("uid")) if set_owner else None
+    gid = _parse_id(metadata.get("gid")) if set_owner else None
+    if mode is None:
+        return Attributes(0o666 & ~umask, uid, gid, False)
+    allowed = 0o7777 if keep_special_bits else 0o777
+    return Attributes(mode & allowed, uid, gid, True)
+
+
+def _parse_mode(value: str | None) -> int | None:
+    if not value or len(value) > 12 or not all(c in "01234567" for c in value):
+        return None
+    mode = int(value, 8)
+    # rclone writes the type bits too; a bare permission value is accepted as well.
+    if stat.S_IFMT(mode) not in (0, stat.S_IFREG):
+        return None
+    return stat.S_IMODE(mode)
+
+
+def _parse_id(value: str | None) -> int | None:
+    if not value or len(value) > 10 or not value.isascii() or not value.isdigit():
+        return None
+    number = int(value)
+    return number if number <= _MAX_ID else None
+
+
+# --- the target tree -------------------------------------------------------------------------
+
+
+def _open_root(root: str, dir_mode: int, create: bool) -> int | None:
+    """A descriptor of the target root (trusted: may itself be a symlink); None if missing."""
+    try:
+        return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if not create:
+            return None
+    missing = []
+    path = os.path.abspath(root)
+    while not os.path.isdir(path) and path != os.path.dirname(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for path in reversed(missing):
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(path, dir_mode)  # the usual mode, not the tool's umask 077
+    return os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _open_dir(parent: int, name: str, shown: str) -> int:
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except OSError as exc:
+        _explain(exc, parent, name, shown)
+        raise
+
+
+def _explain(exc: OSError, parent: int, name: str, shown: str) -> None:
+    """Turn 'a symlink (or a file) is where a directory must be' into UnsafePath."""
+    try:
+        found = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISLNK(found.st_mode):
+        raise UnsafePath(
+            f"{shown} is a symlink where a directory is expected; not followed, "
+            "nothing written below it"
+        ) from None
+    if not stat.S_ISDIR(found.st_mode):
+        raise UnsafePath(
+            f"{shown} is not a directory (a file of that name is in the way)"
+        ) from None
+
+
+@contextlib.contextmanager
+def _directory(root: str, parts: list[str], dir_mode: int, create: bool) -> Iterator[int | None]:
+    """A descriptor of the directory holding the file ``parts[-1]`` (None: it does not exist)."""
+    fd = _open_root(root, dir_mode, create)
+    try:
+        shown = root.rstrip("/")
+        for name in parts[:-1]:
+            if fd is None:
+                break
+            shown = f"{shown}/{name}"
+            try:
+                child = _open_dir(fd, name, shown)
+            except FileNotFoundError:
+                if not create:
+                    os.close(fd)
+                    fd = None
+                    break
+                made = True
+                try:
+                    os.mkdir(name, 0o700, dir_fd=fd)
+                except FileExistsError:  # another worker made it just now
+                    made = False
+                child = _open_dir(fd, name, shown)
+                if made:  # the usual mode for a new directory, not the tool's umask 077
+                    os.fchmod(child, dir_mode)
+            os.close(fd)
+            fd = child
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def inside(root: str, parts: list[str]) -> str:
+    """The path of the file, checked to lie below ``root`` (after normalisation)."""
+    base = os.path.normpath(os.path.abspath(root))
+    path = os.path.normpath(os.path.join(base, *parts))
+    if not path.startswith(base.rstrip("/") + "/"):
+        raise UnsafeKey(f"{escape(path)} would lie outside {escape(base)}")
+    return path
+
+
+def lstat(root: str, parts: list[str]) -> os.stat_result | None:
+    """What is at the file's place now, without following any symlink; None if nothing."""
+    with _directory(root, parts, 0o755, create=False) as fd:
+        if fd is None:
+            return None
+        try:
+            return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+
+class Output:
+    """The temporary file being written; ``commit`` puts it in place."""
+
+    def __init__(self, directory: int, name: str) -> None:
+        self._dir = directory
+        self._name = name
+        self._temp = ""
+        for _ in range(5):
+            temp = f".{secrets.token_hex(8)}{TEMP_SUFFIX}"
+            try:
+                self._fd = os.open(
+                    temp,
+                    os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    0o600,
+                    dir_fd=directory,
+                )
+            except FileExistsError:
+                continue
+            self._temp = temp
+            return
+        raise FileExistsError(f"could not create a temporary file beside {escape(name)}")
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def commit(self, attrs: Attributes, mtime_ns: int | None) -> None:
+        os.fsync(self._fd)
+        if attrs.uid is not None or attrs.gid is not None:
+            # Before the mode: chown clears setuid/setgid.
+            os.fchown(
+                self._fd,
+                -1 if attrs.uid is None else attrs.uid,
+                -1 if attrs.gid is None else attrs.gid,
+            )
+        os.fchmod(self._fd, attrs.mode)
+        if mtime_ns is not None:
+            os.utime(self._fd, ns=(mtime_ns, mtime_ns))
+        os.rename(self._temp, self._name, src_dir_fd=self._dir, dst_dir_fd=self._dir)
+        self._temp = ""
+
+    def close(self) -> None:
+        os.close(self._fd)
+        if self._temp:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._temp, dir_fd=self._dir)
+
+
+def _sweep(directory: int) -> None:
+    """Remove temporary files an earlier, killed restore left here (once per directory).
+
+    Only one restore runs at a time (restore.lock): a temporary file older than
+    this process is nobody's. ``unlink`` removes the entry, never a link's target.
+    """
+    info = os.fstat(directory)
+    with _swept_lock:
+        if (info.st_dev, info.st_ino) in _swept:
+            return
+        _swept.add((info.st_dev, info.st_ino))
+    for name in os.listdir(directory):
+        if _TEMP_NAME.fullmatch(name):
+            with contextlib.suppress(OSError):
+                if os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime < _STARTED:
+                    os.unlink(name, dir_fd=directory)
+
+
+@contextlib.contextmanager
+def create(root: str, parts: list[str], dir_mode: int) -> Iterator[Output]:
+    """A temporary file in the file's directory (created as needed); removed unless committed."""
+    with _directory(root, parts, dir_mode, create=True) as fd:
+        assert fd is not None
+        _sweep(fd)
+        output = Output(fd, parts[-1])
+        try:
+            yield output
+        finally:
+            output.close()
