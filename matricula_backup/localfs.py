@@ -169,6 +169,8 @@ def _open_root(root: str, dir_mode: int, create: bool) -> int | None:
 def _open_dir(parent: int, name: str, shown: str) -> int:
     try:
         return os.open(name, _DIR_FLAGS, dir_fd=parent)
+    except PermissionError as exc:
+        raise PermissionError(exc.errno, exc.strerror, shown) from None
     except OSError as exc:
         _explain(exc, parent, name, shown)
         raise
@@ -192,11 +194,14 @@ def _explain(exc: OSError, parent: int, name: str, shown: str) -> None:
 
 
 @contextlib.contextmanager
-def _directory(root: str, parts: list[str], dir_mode: int, create: bool) -> Iterator[int | None]:
-    """A descriptor of the directory holding the file ``parts[-1]`` (None: it does not exist)."""
+def _directory(
+    root: str, parts: list[str], dir_mode: int, create: bool
+) -> Iterator[tuple[int | None, str]]:
+    """(a descriptor of the directory holding ``parts[-1]``, or None if it does not
+    exist; its path). A PermissionError names the directory that could not be written."""
+    shown = root.rstrip("/") or "/"
     fd = _open_root(root, dir_mode, create)
     try:
-        shown = root.rstrip("/")
         for name in parts[:-1]:
             if fd is None:
                 break
@@ -213,12 +218,15 @@ def _directory(root: str, parts: list[str], dir_mode: int, create: bool) -> Iter
                     os.mkdir(name, 0o700, dir_fd=fd)
                 except FileExistsError:  # another worker made it just now
                     made = False
+                except PermissionError as exc:
+                    parent = shown.rsplit("/", 1)[0]
+                    raise PermissionError(exc.errno, exc.strerror, parent) from None
                 child = _open_dir(fd, name, shown)
                 if made:  # the usual mode for a new directory, not the tool's umask 077
                     os.fchmod(child, dir_mode)
             os.close(fd)
             fd = child
-        yield fd
+        yield fd, shown
     finally:
         if fd is not None:
             os.close(fd)
@@ -235,7 +243,7 @@ def inside(root: str, parts: list[str]) -> str:
 
 def lstat(root: str, parts: list[str]) -> os.stat_result | None:
     """What is at the file's place now, without following any symlink; None if nothing."""
-    with _directory(root, parts, 0o755, create=False) as fd:
+    with _directory(root, parts, 0o755, create=False) as (fd, _):
         if fd is None:
             return None
         try:
@@ -314,10 +322,13 @@ def _sweep(directory: int) -> None:
 @contextlib.contextmanager
 def create(root: str, parts: list[str], dir_mode: int) -> Iterator[Output]:
     """A temporary file in the file's directory (created as needed); removed unless committed."""
-    with _directory(root, parts, dir_mode, create=True) as fd:
+    with _directory(root, parts, dir_mode, create=True) as (fd, shown):
         assert fd is not None
         _sweep(fd)
-        output = Output(fd, parts[-1])
+        try:
+            output = Output(fd, parts[-1])
+        except PermissionError as exc:
+            raise PermissionError(exc.errno, exc.strerror, shown) from None
         try:
             yield output
         finally:

@@ -4,6 +4,7 @@ objects refuse GetObject until RestoreObject made them readable."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -128,13 +129,63 @@ def test_a_deleted_file_comes_back_from_its_noncurrent_version(setup: Setup) -> 
 
     latest = setup.run("restore", str(lost), "--dry-run")
     assert "selected: 0 files" in latest.stdout  # by default: only files that exist now
+    assert latest.returncode == 1
+    assert "restore complete" not in latest.stdout
 
     result = setup.run("restore", str(lost), "--at", before_deletion)
 
     assert result.returncode == 0, result.stderr
     assert "selected: 1 files" in result.stdout and "downloaded and verified: 1" in result.stdout
+    assert f"as of {before_deletion.replace('T', ' ')} " in result.stdout  # with its seconds
     assert lost.read_bytes() == data
     assert lost.stat().st_mtime_ns == mtime_ns
+
+
+def test_a_path_matching_only_deleted_files_says_when_and_how_to_restore(setup: Setup) -> None:
+    """The hint's --at command, run as printed, brings the file back; --deleted brings
+    back every deleted file below a folder. (moto's RestoreObject ignores VersionId, see
+    above: the restore is requested while the files still exist.)"""
+    _tree(setup)
+    assert setup.run().returncode == 0
+    folder = setup.images / "Archiv"
+    lost = folder / "Band 1/0001.tif"
+    also = folder / "Band 2/deep/er/x.tif"
+    assert setup.run("restore", "--to", str(setup.tmp / "warm")).returncode == 0
+    expected = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (lost, also)}
+    time.sleep(1.1)
+    lost.unlink()
+    also.unlink()
+    assert setup.run().returncode == 0  # delete markers
+
+    result = setup.run("restore", str(lost))
+
+    assert result.returncode == 1
+    assert "restore complete" not in result.stdout
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"error: restore: {lost}: deleted at 20" in error
+    command = error.split("To restore it as it was then: ", 1)[1]
+    assert command.startswith(f"matricula-backup restore --cache {setup.cache} --at 20")
+    argv = shlex.split(command)
+    again = setup.run(*argv[1:2], *argv[4:])  # the same, through the test's CLI and cache
+    assert again.returncode == 0, again.stderr
+    assert "downloaded and verified: 1 files" in again.stdout
+    assert (lost.read_bytes(), lost.stat().st_mtime_ns) == expected[lost]
+
+    empty = folder / "Band 1/empty.tif"
+    expected[empty] = (b"", empty.stat().st_mtime_ns)
+    lost.unlink()
+    empty.unlink()
+    assert setup.run().returncode == 0
+    several = setup.run("restore", str(folder / "Band 1"), "--dry-run")
+    assert several.returncode == 1
+    assert "only deleted files match: 2 files, deleted between 20" in several.stderr
+    assert f"--deleted {shlex.quote(str(folder / 'Band 1'))}" in several.stderr
+
+    deleted = setup.run("restore", str(folder), "--deleted")
+    assert deleted.returncode == 0, deleted.stderr
+    assert "selected: 3 files" in deleted.stdout and "downloaded and verified: 3" in deleted.stdout
+    for path, value in expected.items():
+        assert (path.read_bytes(), path.stat().st_mtime_ns) == value
 
 
 def test_a_newer_local_file_is_kept_unless_overwrite(setup: Setup) -> None:
