@@ -9,8 +9,10 @@ needs about a third of that CPU (see benchmarks/RESULTS.md).
 
 Only single PUTs of files up to 8 MiB go this way (``s3.FAST_PUT_MAX``): the
 bytes were read and hashed by the caller,
-and the server checks them against ``x-amz-checksum-sha256``. Everything else
-(buckets, multipart uploads, listings, deletes, restores) stays on botocore.
+and the server checks them against ``x-amz-checksum-sha256``. A restore's GETs
+of objects up to 8 MiB go this way too (``get``; the caller checks size and
+SHA-256). Everything else (buckets, multipart uploads, listings, deletes,
+HEAD and RestoreObject) stays on botocore.
 """
 
 from __future__ import annotations
@@ -80,13 +82,67 @@ class FastPut:
             throughput_target_gbps=10.0,
         )
 
-    def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
-        """PUT ``data`` as ``key``; return the answer's headers (lower-case names)."""
+    def _where(self, bucket: str, key: str) -> tuple[str, str]:
         path = "/" + quote(key, safe="/~")
         if self.path_style:
-            host, path = self.host, f"{self.base_path}/{bucket}{path}"
-        else:
-            host, path = f"{bucket}.{self.host}", self.base_path + path
+            return self.host, f"{self.base_path}/{bucket}{path}"
+        return f"{bucket}.{self.host}", self.base_path + path
+
+    def get(
+        self, bucket: str, key: str, version_id: str, size: int
+    ) -> tuple[dict[str, str], bytes]:
+        """GET one version of ``size`` bytes in one request; (headers, body).
+
+        The body is held in memory: only for objects up to ``s3.FAST_PUT_MAX``.
+        """
+        host, path = self._where(bucket, key)
+        request = HttpRequest(
+            "GET", f"{path}?versionId={quote(version_id, safe='')}", HttpHeaders([("Host", host)])
+        )
+        answer: dict[str, Any] = {}
+        body = bytearray()
+        finished = threading.Event()
+
+        def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
+            answer["headers"] = {name.lower(): value for name, value in headers}
+
+        def on_body(chunk: bytes, offset: int, **_: Any) -> None:
+            if offset != len(body):  # one request: the bytes come in order
+                raise RequestFailed(
+                    "GetObject", "", f"body chunk at {offset}, {len(body)} expected"
+                )
+            body.extend(chunk)
+
+        def on_done(
+            error: BaseException | None = None,
+            status_code: int | None = None,
+            error_body: bytes | None = None,
+            **_: Any,
+        ) -> None:
+            answer.update(error=error, status=status_code, body=error_body or b"")
+            finished.set()
+
+        single = max(MIN_PART, size + 1)  # one ranged GET covers the whole object
+        sent = self.client.make_request(
+            type=s3.S3RequestType.GET_OBJECT,
+            request=request,
+            part_size=single,
+            on_headers=on_headers,
+            on_body=on_body,
+            on_done=on_done,
+        )
+        timeout = BASE_TIMEOUT + size / SLOWEST_BYTES_PER_SECOND
+        if not finished.wait(timeout):
+            sent.cancel()
+            raise RequestFailed("GetObject", "Timeout", f"no answer in {timeout:.0f} s")
+        if answer["error"] is not None:
+            raise _failure(answer, "GetObject")
+        headers: dict[str, str] = answer.get("headers", {})
+        return headers, bytes(body)
+
+    def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
+        """PUT ``data`` as ``key``; return the answer's headers (lower-case names)."""
+        host, path = self._where(bucket, key)
         request = HttpRequest(
             "PUT",
             path,
@@ -124,12 +180,12 @@ class FastPut:
             sent.cancel()
             raise RequestFailed("PutObject", "Timeout", f"no answer in {timeout:.0f} s")
         if answer["error"] is not None:
-            raise _failure(answer)
+            raise _failure(answer, "PutObject")
         result: dict[str, str] = answer.get("headers", {})
         return result
 
 
-def _failure(answer: dict[str, Any]) -> RequestFailed:
+def _failure(answer: dict[str, Any], operation: str) -> RequestFailed:
     exc = answer["error"]
     body: bytes = answer.get("body", b"")
     status = answer.get("status")
@@ -137,7 +193,7 @@ def _failure(answer: dict[str, Any]) -> RequestFailed:
     message = _MESSAGE.search(body)
     if status and code:
         return RequestFailed(
-            "PutObject",
+            operation,
             code.group(1).decode(errors="replace"),
             (message.group(1).decode(errors="replace") if message else f"HTTP {status}"),
         )
@@ -146,4 +202,4 @@ def _failure(answer: dict[str, Any]) -> RequestFailed:
     name = getattr(exc, "name", type(exc).__name__)
     detail = str(getattr(exc, "message", "") or exc).rstrip(".")
     http = f", HTTP {status}" if status else ""
-    return RequestFailed("PutObject", _S3_CODES.get(name, ""), f"{detail} ({name}{http})")
+    return RequestFailed(operation, _S3_CODES.get(name, ""), f"{detail} ({name}{http})")

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 
-from botocore.exceptions import ClientError
 from sqlalchemy import Connection
 
 from matricula_backup import localfs, pricing, s3
@@ -476,7 +475,7 @@ def _restore_one(store: s3.Store, item: _Item, options: RestoreOptions) -> tuple
             # Probably readable by now: one GET instead of HEAD + GET.
             try:
                 return _download(store, item, options, None)
-            except ClientError as exc:
+            except s3.S3_ERRORS as exc:
                 if s3.error_code(exc) != "InvalidObjectState":
                     raise
         if state is None:

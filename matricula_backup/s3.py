@@ -778,9 +778,9 @@ def request_restore(
 class Download:
     """A readable version being fetched: its state and its bytes, checked as they pass."""
 
-    def __init__(self, response: dict[str, Any], state: ObjectState, size: int) -> None:
+    def __init__(self, body: Any, state: ObjectState, size: int) -> None:
         self.state = state
-        self._body = response["Body"]
+        self._body = body  # botocore's StreamingBody, or the bytes the CRT fetched
         self._size = size
 
     def chunks(self) -> Iterator[bytes]:
@@ -791,13 +791,15 @@ class Download:
         """
         digest = hashlib.sha256()
         received = 0
+        body = self._body
         try:
-            for chunk in self._body.iter_chunks(READ_CHUNK):
+            for chunk in [body] if isinstance(body, bytes) else body.iter_chunks(READ_CHUNK):
                 digest.update(chunk)
                 received += len(chunk)
                 yield chunk
         finally:
-            self._body.close()
+            if not isinstance(body, bytes):
+                body.close()
         if received != self._size:
             raise ChecksumMismatch(f"got {received} bytes, the object has {self._size}")
         expected = self.state.sha256
@@ -815,8 +817,23 @@ def download(
     ``expected`` is what a HEAD said of the object; without one, the GET's own
     headers say it (mtime, SHA-256, the rest of the metadata).
     """
+    if store.fast_put is not None and size <= FAST_PUT_MAX:
+        # Through the CRT (crt.py), like small PUTs: a third of botocore's CPU.
+        store.counter("GetObject")
+        headers, data = store.fast_put.get(bucket, key, version_id, size)
+        metadata = {
+            name[len("x-amz-meta-") :]: value
+            for name, value in headers.items()
+            if name.startswith("x-amz-meta-")
+        }
+        answer = {
+            "Restore": headers.get("x-amz-restore"),
+            "StorageClass": headers.get("x-amz-storage-class", "STANDARD"),
+            "Metadata": metadata,
+        }
+        return Download(data, expected or _state(answer), size)
     response = store.client.get_object(Bucket=bucket, Key=key, VersionId=version_id)
-    return Download(response, expected or _state(response), size)
+    return Download(response["Body"], expected or _state(response), size)
 
 
 def parse_mtime(value: str | None) -> int | None:

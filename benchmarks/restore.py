@@ -1,0 +1,224 @@
+"""Restore benchmark of issue #9: matricula-backup restore against aws s3 cp and s5cmd cp.
+
+One run: a tree of small files (bench.py's generator) is backed up by the tool
+into moto (the only local server with Deep Archive semantics: GetObject of an
+archived object is refused until RestoreObject) behind ``proxy.py`` with a
+fixed delay per request. The tool's first ``restore`` asks S3 to restore every
+object (moto completes restores at once); then, each into an empty directory,
+with the same concurrency:
+
+- ``matricula-backup restore --to DIR`` (the run that downloads: list the
+  versions, GET each object, check size and SHA-256, write it through
+  localfs.py, set mode and mtime);
+- ``aws s3 cp --recursive --force-glacier-transfer s3://bucket/prefix DIR``;
+- ``s5cmd cp --force-glacier-transfer 's3://bucket/prefix/*' DIR/``.
+
+Each copy is checked (every file, its size). The report gives wall time, CPU,
+peak RSS and requests by operation, and the tool / faster peer ratio
+(target: <= 1.0).
+
+    .venv/bin/python benchmarks/restore.py --files 20000 --delay-ms 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import platform
+import shutil
+import sqlite3
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench import (  # noqa: E402
+    KEY,
+    REGION,
+    SECRET,
+    TOOL,
+    Measure,
+    Runner,
+    Server,
+    Spawner,
+    TreeSpec,
+    _fmt_requests,
+    ensure_tree,
+    install_peers,
+    peers_env,
+    tool_env,
+    write_config,
+)
+from proxy import CountingProxy  # noqa: E402
+
+
+def tree_of(root: Path) -> dict[str, int]:
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in root.rglob("*")
+        if p.is_file() and ".matricula-restore" not in p.name
+    }
+
+
+def peer_commands(
+    venv: Path, work: Path, endpoint: str, source: str, workers: int
+) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """aws-cli and s5cmd commands that copy ``source`` (bucket/prefix) into a directory
+    (the placeholder DEST)."""
+    base = peers_env()
+    config = work / "aws-config"
+    config.write_text(
+        f"[default]\nregion = {REGION}\n"
+        "request_checksum_calculation = when_required\n"
+        "response_checksum_validation = when_required\n"
+        f"s3 =\n  max_concurrent_requests = {workers}\n  addressing_style = path\n"
+    )
+    aws_env = {
+        **base,
+        "AWS_CONFIG_FILE": str(config),
+        "AWS_SHARED_CREDENTIALS_FILE": str(work / "aws-credentials-none"),
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+    }
+    aws = [
+        str(venv / "bin" / "aws"),
+        "--endpoint-url",
+        endpoint,
+        "s3",
+        "cp",
+        "--recursive",
+        "--force-glacier-transfer",
+        "--only-show-errors",
+        f"s3://{source}",
+        "DEST",
+    ]
+    found = sorted(venv.glob("lib/python*/site-packages/s5cmd/bin/s5cmd"))
+    s5_env = {
+        **base,
+        "AWS_ACCESS_KEY_ID": KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_REGION": REGION,
+    }
+    s5cmd = [
+        str(found[0]) if found else "s5cmd",
+        "--endpoint-url",
+        endpoint,
+        "--numworkers",
+        str(workers),
+        "--log",
+        "error",
+        "cp",
+        "--force-glacier-transfer",
+        f"s3://{source}/*",
+        "DEST/",
+    ]
+    return {"aws": (aws, aws_env), "s5cmd": (s5cmd, s5_env)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=20_000)
+    parser.add_argument("--small-kib", type=int, default=16)
+    parser.add_argument("--per-dir", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=16)
+    parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument("--tree-dir", type=Path, default=None)
+    parser.add_argument("--peers-venv", type=Path, default=Path("/tmp/matricula-bench-peers"))
+    parser.add_argument("--no-install", action="store_true")
+    parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/restore-results.md"))
+    args = parser.parse_args()
+
+    spec = TreeSpec(args.files, 0, 0, args.small_kib, args.per_dir, 4)
+    tree_dir = args.tree_dir or Path(
+        f"/tmp/matricula-bench/tree-{args.files}x{args.small_kib}k-0x0m-{args.per_dir}"
+    )
+    folder, _, _ = ensure_tree(tree_dir, spec)
+    notes = install_peers(args.peers_venv, not args.no_install)
+    work = Path(tempfile.mkdtemp(prefix="restore-bench-"))
+    server = Server("moto", work)
+    spawner = Spawner()
+    proxy: CountingProxy | None = None
+    try:
+        server.start()
+        proxy = CountingProxy(server.url, args.delay_ms).start()
+        runner = Runner(proxy, server.pid, work, args.timeout, spawner)
+        cache = work / "cache"
+        write_config(cache, folder, proxy.url, args.workers, "rb-")
+        tool = [str(TOOL), "--cache", str(cache)]
+        upload = runner.run("backup (setup)", "matricula-backup", tool, tool_env())
+        request = runner.run(
+            "restore: RestoreObject requests",
+            "matricula-backup",
+            [str(TOOL), "restore", "--cache", str(cache), "--to", str(work / "requests")],
+            tool_env(),
+        )
+        with contextlib.closing(sqlite3.connect(cache / "state.db")) as db:
+            bucket = str(db.execute("SELECT bucket FROM folders").fetchone()[0])
+        prefix = str(folder).lstrip("/")
+        measures: list[Measure] = [upload, request]
+        copies: dict[str, Path] = {}
+        dest = work / "by-matricula-backup"
+        argv = [str(TOOL), "restore", "--cache", str(cache), "--to", str(dest)]
+        measures.append(runner.run("restore: download", "matricula-backup", argv, tool_env()))
+        copies["matricula-backup"] = dest / prefix
+        for name, (peer_argv, env) in peer_commands(
+            args.peers_venv, work, proxy.url, f"{bucket}/{prefix}", args.workers
+        ).items():
+            dest = work / f"by-{name}"
+            dest.mkdir()
+            peer_argv = [
+                str(dest) if a == "DEST" else a.replace("DEST/", f"{dest}/") for a in peer_argv
+            ]
+            measures.append(runner.run("download", name, peer_argv, env))
+            copies[name] = dest
+        expected = tree_of(folder)
+        checks = {name: tree_of(path) == expected for name, path in copies.items()}
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        server.stop()
+        spawner.stop()
+    peers = [m for m in measures if m.tool in ("aws", "s5cmd") and m.ok]
+    ours = measures[2]
+    faster = min(peers, key=lambda m: m.wall) if peers else None
+    lines = [
+        f"Restore of {args.files:,} x {args.small_kib} KiB ({args.per_dir} per folder), moto "
+        f"behind proxy.py with {args.delay_ms:g} ms per request, {args.workers} workers / "
+        f"concurrent requests for every tool; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{platform.node()}, load average {os.getloadavg()[0]:.1f} at the end.",
+        "",
+        "    " + " ".join(sys.argv),
+        "",
+        "| run | tool | wall s | CPU s | peak RSS MiB | S3 requests | copy complete |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in measures:
+        check = checks.get(m.tool, None) if m.name.endswith("download") else None
+        lines.append(
+            f"| {m.name} | {m.tool} | {m.wall:.1f} | {m.cpu:.1f} | {m.rss_mib:.0f} | "
+            f"{m.total_requests:,}: {_fmt_requests(m.requests)} | "
+            f"{'' if check is None else ('yes' if check else 'NO')}"
+            f"{' (' + m.note + ')' if m.note else ''} |"
+        )
+    if faster is not None:
+        ratio = ours.wall / faster.wall
+        lines += [
+            "",
+            f"matricula-backup restore / faster peer ({faster.tool}): "
+            f"{ours.wall:.1f} s / {faster.wall:.1f} s = **{ratio:.2f}** "
+            f"(target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'})",
+        ]
+    lines += [f"note: {note}" for note in notes]
+    report = "\n".join(lines) + "\n"
+    args.out.write_text(report)
+    print(report)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
