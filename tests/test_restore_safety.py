@@ -491,3 +491,28 @@ def test_a_service_user_without_write_access_gets_a_clear_problem(setup: Setup, 
     assert f"cannot write {folder}/sub" in "\n".join(errors)
     assert sorted(p.name for p in folder.rglob("*")) == ["sub"]
     around.check()
+
+
+def test_bytes_that_differ_from_the_recorded_sha256_are_not_put_in_place(
+    setup: Setup, s3: Any
+) -> None:
+    """A small object (fetched through the CRT) and one above 8 MiB (botocore) whose
+    bytes do not match their sha256 metadata: reported, no file, no temporary file."""
+    folder = _backed_up_folder(setup, GOOD)
+    bucket = setup.bucket(folder)
+    prefix = _key(folder) + "/"
+    wrong = {"sha256": hashlib.sha256(b"other").hexdigest(), "mtime": "1600000000.0"}
+    _plant(s3, bucket, prefix + "small.tif", b"tampered", wrong)
+    _plant(s3, bucket, prefix + "large.tif", b"L" * (9 * 1024 * 1024), wrong)
+    shutil.rmtree(folder)
+    around = Around(setup, folder)
+
+    result = restore_twice(setup, "root")
+
+    assert result.returncode == 1
+    errors = _errors(result.stderr)
+    assert len(errors) == 2
+    assert all("ChecksumMismatch: SHA-256" in e and "recorded at upload" in e for e in errors)
+    assert _files(folder) == GOOD
+    assert [p.name for p in folder.rglob("*.matricula-restore")] == []
+    around.check()
