@@ -189,7 +189,7 @@ def main() -> None:
             proxy.stop()
         server.stop()
         spawner.stop()
-    peers = [m for m in measures if m.tool in ("aws", "s5cmd") and m.ok]
+    peers = [m for m in measures if m.tool in ("aws", "s5cmd") and m.ok and checks.get(m.tool)]
     ours = measures[2]
     faster = min(peers, key=lambda m: m.wall) if peers else None
     lines = [
