@@ -21,8 +21,15 @@ from typing import Annotated
 
 import typer
 
-from matricula_backup import __version__, interrupt, notify
-from matricula_backup.config import CONFIG_NAME, Settings, load_settings, redact_url, template
+from matricula_backup import __version__, iam, interrupt, notify
+from matricula_backup.config import (
+    CONFIG_NAME,
+    ObjectLock,
+    Settings,
+    load_settings,
+    redact_url,
+    template,
+)
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
@@ -39,12 +46,14 @@ from matricula_backup.progress import TerminalProgress
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
+from matricula_backup.s3 import enable_lock_command
 from matricula_backup.status import (
     history_lines,
     read_history,
     read_status,
     recorded_buckets,
     status_lines,
+    unlocked_buckets,
 )
 from matricula_backup.verify import run_verify
 
@@ -183,6 +192,8 @@ def backup(
         typer.echo(summary)
         for line in cost_lines(report, settings.prices, report.requests_by_operation):
             typer.echo(line)
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}")
     logger.info("%s", summary)
     for problem in report.problems[:SHOWN_PROBLEMS]:
         typer.echo(f"error: {problem}", err=True)
@@ -405,10 +416,61 @@ def check_config(cache: CacheOption = None) -> None:
         typer.echo(f"{folder.path} ({folder.source}) -> bucket {bucket}{state}")
     for problem in problems:
         typer.echo(f"problem: {problem.message}", err=True)
+    if settings.object_lock is not None:
+        for line in _object_lock_advice(cache, settings.object_lock):
+            typer.echo(line)
     missing = [folder for folder in folders if not folder.path.is_dir()]
     webhook = redact_url(settings.webhook) if settings.webhook else "none (errors are only logged)"
     typer.echo(f"config.json is valid: {len(folders)} backup folders, webhook {webhook}")
     raise typer.Exit(EXIT_WITH_ERRORS if problems or missing else EXIT_OK)
+
+
+def _object_lock_advice(cache: Path, lock: ObjectLock) -> list[str]:
+    """For buckets that hold files uploaded without a retention: how to turn Object Lock on."""
+    lines = [
+        f"Object Lock: new buckets get {lock.mode} {lock.days} days; every upload is locked "
+        f"that long and extended when fewer than {lock.renew_days} days remain"
+    ]
+    for bucket, files in unlocked_buckets(cache).items():
+        lines.append(
+            f"Object Lock: bucket {bucket} holds {files} files uploaded without a retention. "
+            "If the bucket has no Object Lock (verify says so), enable it (versioned buckets "
+            f"allow it; it cannot be turned off again): {enable_lock_command(bucket, lock)} "
+            "- files uploaded from then on are locked; the versions already there stay "
+            "unlocked until their files change"
+        )
+    return lines
+
+
+@app.command("iam-policy")
+def iam_policy(
+    cache: CacheOption = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="backup: the nightly run and verify; restore: restore; admin: what people "
+            "do by hand (delete versions or buckets on purpose)."
+        ),
+    ] = "backup",
+) -> None:
+    """Print the IAM policy (JSON) a role needs, scoped to backup.bucket_prefix's buckets.
+
+    Example: matricula-backup iam-policy --cache /var/lib/matricula-backup --role backup
+    """
+    cache, _log_path = _start(cache, False)
+    if role not in iam.ROLES:
+        typer.echo(f"--role {role!r}: use one of {', '.join(iam.ROLES)}", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    with _fatal_errors_exit():
+        settings = _load(cache)
+    if not settings.bucket_prefix:
+        typer.echo(
+            "warning: backup.bucket_prefix is empty, so this policy covers every bucket of "
+            "the account; set a prefix of your own before the first run",
+            err=True,
+        )
+    document = iam.policy(role, settings.bucket_prefix, settings.aws.region)
+    typer.echo(json.dumps(document, indent=2))
 
 
 @app.command("notify-test")

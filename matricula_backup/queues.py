@@ -57,6 +57,7 @@ class Uploaded:
     version_id: str | None
     sha256: bytes
     sent: bool = True
+    retain_until: int | None = None  # Object Lock retention set on the upload, unix seconds
 
 
 @dataclass(frozen=True)
@@ -218,11 +219,16 @@ def _pages(
 
 def record_uploaded(conn: Connection, table: str, done: list[Uploaded]) -> None:
     now = int(time.time())
-    sent = [(d.size, d.mtime_ns, d.version_id, d.sha256, now, d.path) for d in done if d.sent]
+    sent = [
+        (d.size, d.mtime_ns, d.version_id, d.sha256, now, d.retain_until, d.path)
+        for d in done
+        if d.sent
+    ]
     if sent:
         conn.exec_driver_sql(
             f"""UPDATE "{table}" SET size = ?, mtime_ns = ?, state = '{BACKED_UP}',
-            version_id = ?, sha256 = ?, uploaded_at = ?, error = NULL WHERE path = ?""",
+            version_id = ?, sha256 = ?, uploaded_at = ?, retain_until = ?, error = NULL
+            WHERE path = ?""",
             sent,
         )
     # Same bytes as the bucket's latest version: only the new mtime is recorded.
@@ -254,4 +260,50 @@ def record_delete_failed(conn: Connection, table: str, failed: list[tuple[str, s
         conn.exec_driver_sql(
             f'UPDATE "{table}" SET error = ? WHERE path = ?',
             [(message, path) for path, message in failed],
+        )
+
+
+# --- Object Lock retention -----------------------------------------------------------------
+
+
+def retention_due_count(conn: Connection, table: str, before: int) -> int:
+    """Current versions whose Object Lock retention ends before ``before`` (unix seconds)."""
+    return int(
+        conn.exec_driver_sql(
+            f"""SELECT count(*) FROM "{table}"
+            WHERE retain_until IS NOT NULL AND retain_until < ? AND version_id IS NOT NULL""",
+            (before,),
+        ).scalar_one()
+    )
+
+
+def retention_due_batches(
+    conn: Connection, table: str, before: int, batch_size: int = 1000
+) -> Iterator[list[tuple[str, str]]]:
+    """(path, version_id) of those versions, ``batch_size`` at a time, in path order.
+
+    Keyset paging by path: a batch whose extension failed is not selected again
+    in the same run (it stays due and is tried next run).
+    """
+    last = ""
+    while True:
+        rows = conn.exec_driver_sql(
+            f"""SELECT path, version_id FROM "{table}"
+            WHERE retain_until IS NOT NULL AND retain_until < ? AND version_id IS NOT NULL
+              AND path > ?
+            ORDER BY path LIMIT ?""",
+            (before, last, batch_size),
+        ).all()
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield [(row[0], row[1]) for row in rows]
+
+
+def record_retention(conn: Connection, table: str, extended: list[tuple[str, int]]) -> None:
+    """(path, retain_until) of versions whose retention S3 confirmed."""
+    if extended:
+        conn.exec_driver_sql(
+            f'UPDATE "{table}" SET retain_until = ? WHERE path = ?',
+            [(until, path) for path, until in extended],
         )

@@ -106,6 +106,34 @@ def recorded_buckets(cache_dir: Path) -> dict[str, str]:
         engine.dispose()
 
 
+def unlocked_buckets(cache_dir: Path) -> dict[str, int]:
+    """bucket -> files in it uploaded without an Object Lock retention (read-only).
+
+    Such buckets were set up before ``backup.object_lock`` was (or their
+    files before it was set); ``check-config`` says how to enable it on them.
+    """
+    if not (cache_dir / DB_NAME).exists():
+        return {}
+    engine = open_state_db_for_dry_run(cache_dir)
+    found = {}
+    try:
+        with engine.connect() as conn:
+            for bucket, table in conn.exec_driver_sql(
+                "SELECT bucket, table_name FROM folders WHERE bucket_ready_at IS NOT NULL "
+                "AND table_name IN (SELECT name FROM sqlite_master WHERE type = 'table') "
+                "ORDER BY path"
+            ).all():
+                count = conn.exec_driver_sql(
+                    f'SELECT count(*) FROM "{table}" '
+                    "WHERE uploaded_at IS NOT NULL AND retain_until IS NULL"
+                ).scalar_one()
+                if count:
+                    found[bucket] = int(count)
+    finally:
+        engine.dispose()
+    return found
+
+
 def _run(conn: Connection, where: str) -> RunInfo | None:
     row = conn.exec_driver_sql(
         f"SELECT id, started_at, finished_at, outcome, files_uploaded, errors FROM runs {where} "
