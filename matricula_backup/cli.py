@@ -307,6 +307,9 @@ def verify(
             "request per file).",
         ),
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the findings (for cron).")
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Check that each bucket holds what state.db records: one listing per bucket.
@@ -316,12 +319,12 @@ def verify(
 
     Example: matricula-backup verify --cache /var/lib/matricula-backup --deep
     """
-    cache, _log_path = _start(cache, verbose)
+    cache, log_path = _start(cache, verbose)
     with _fatal_errors_exit():
         settings = _load(cache)
         with exclusive_lock(cache):
             report = run_verify(settings, deep)
-    for check in report.folders:
+    for check in [] if quiet else report.folders:
         typer.echo(
             f"{check.folder} -> s3://{check.bucket}: {check.rows} files in state.db, "
             f"{check.objects} objects in the bucket"
@@ -332,7 +335,12 @@ def verify(
         logger.warning("%s", finding)
     for finding in report.findings[: SHOWN_PROBLEMS * 5]:
         typer.echo(f"finding: {finding}")
-    typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
+    if not quiet or report.findings:
+        typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
+    if report.findings:  # the weekly verify runs unattended: tell Teams, as a run would
+        told = RunReport(folders=[], error_count=len(report.findings))
+        told.problems = [Problem(f.folder, "verify", str(f)) for f in report.findings[:1000]]
+        _notify(settings, told, log_path or cache / LOG_NAME)
     raise typer.Exit(EXIT_WITH_ERRORS if report.findings else EXIT_OK)
 
 

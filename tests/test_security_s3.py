@@ -42,7 +42,9 @@ def _tree(setup: Setup, name: str = "Band", count: int = 3) -> Path:
     return setup.images / name
 
 
-@pytest.mark.parametrize(("kind", "code"), [("denied", "AccessDenied"), ("unsupported", "NotImplemented")])
+@pytest.mark.parametrize(
+    ("kind", "code"), [("denied", "AccessDenied"), ("unsupported", "NotImplemented")]
+)
 def test_refused_hardening_is_a_warning_and_everything_is_uploaded(
     setup: Setup, s3: Any, faults: FaultProxy, kind: str, code: str
 ) -> None:
