@@ -460,6 +460,13 @@ def iam_policy(
             "do by hand (delete versions or buckets on purpose)."
         ),
     ] = "backup",
+    account: Annotated[
+        str | None,
+        typer.Option(
+            help="Your 12-digit AWS account id: the buckets must also belong to it "
+            "(bucket names are global: the prefix alone matches other accounts' buckets)."
+        ),
+    ] = None,
 ) -> None:
     """Print the IAM policy (JSON) a role needs, scoped to backup.bucket_prefix's buckets.
 
@@ -469,6 +476,9 @@ def iam_policy(
     if role not in iam.ROLES:
         typer.echo(f"--role {role!r}: use one of {', '.join(iam.ROLES)}", err=True)
         raise typer.Exit(EXIT_COULD_NOT_RUN)
+    if account is not None and not (account.isdigit() and len(account) == 12):
+        typer.echo(f"--account {account!r}: an AWS account id has 12 digits", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
     with _fatal_errors_exit():
         settings = _load(cache)
     if not settings.bucket_prefix:
@@ -477,7 +487,7 @@ def iam_policy(
             "the account; set a prefix of your own before the first run",
             err=True,
         )
-    document = iam.policy(role, settings.bucket_prefix, settings.aws.region)
+    document = iam.policy(role, settings.bucket_prefix, settings.aws.region, account)
     typer.echo(json.dumps(document, indent=2))
 
 

@@ -165,17 +165,25 @@ def partition(region: str | None) -> str:
     return "aws"
 
 
-def policy(role: str, bucket_prefix: str, region: str | None = None) -> dict[str, Any]:
-    """The IAM policy document of ``role``, scoped to the buckets named ``<prefix>*``."""
+def policy(
+    role: str, bucket_prefix: str, region: str | None = None, account: str | None = None
+) -> dict[str, Any]:
+    """The IAM policy document of ``role``, scoped to the buckets named ``<prefix>*``.
+
+    Bucket names are global: ``<prefix>*`` also matches buckets of other
+    accounts. With ``account``, the buckets must belong to it too
+    (``s3:ResourceAccount``), so that a changed bucket name cannot send the
+    archive to someone else's bucket.
+    """
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
     arn = f"arn:{partition(region)}:s3:::{bucket_prefix}*"
     actions = ROLE_ACTIONS[role]
     statements: list[dict[str, Any]] = []
-    account = sorted(a for a in actions if a in _ACCOUNT_ACTIONS)
-    if account:
+    listing = sorted(a for a in actions if a in _ACCOUNT_ACTIONS)
+    if listing:
         statements.append(
-            {"Sid": "ListTheBuckets", "Effect": "Allow", "Action": account, "Resource": "*"}
+            {"Sid": "ListTheBuckets", "Effect": "Allow", "Action": listing, "Resource": "*"}
         )
     if role == "admin":
         statements.append(
@@ -195,7 +203,7 @@ def policy(role: str, bucket_prefix: str, region: str | None = None) -> dict[str
                 "Resource": "*",
             },
         )
-        return {"Version": "2012-10-17", "Statement": statements}
+        return _owned(statements, account)
     bucket = sorted(a for a in actions if a not in _ACCOUNT_ACTIONS | _OBJECT_ACTIONS)
     objects = sorted(a for a in actions if a in _OBJECT_ACTIONS)
     statements.append({"Sid": "Buckets", "Effect": "Allow", "Action": bucket, "Resource": arn})
@@ -211,4 +219,12 @@ def policy(role: str, bucket_prefix: str, region: str | None = None) -> dict[str
                 "Resource": [arn, f"{arn}/*"],
             }
         )
+    return _owned(statements, account)
+
+
+def _owned(statements: list[dict[str, Any]], account: str | None) -> dict[str, Any]:
+    if account:
+        for statement in statements:
+            if statement["Effect"] == "Allow" and statement["Resource"] != "*":
+                statement["Condition"] = {"StringEquals": {"s3:ResourceAccount": account}}
     return {"Version": "2012-10-17", "Statement": statements}

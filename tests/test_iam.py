@@ -266,3 +266,15 @@ def test_iam_policy_warns_when_the_policy_covers_every_bucket(setup: Setup) -> N
     assert result.returncode == 0
     assert "backup.bucket_prefix is empty" in result.stderr
     assert '"arn:aws:s3:::*"' in result.stdout
+
+
+def test_iam_policy_can_pin_the_buckets_to_the_account(setup: Setup) -> None:
+    setup.write_config(backup__folders=[str(setup.images)], backup__bucket_prefix="matricula-")
+    result = setup.run("iam-policy", "--account", "123456789012")
+    assert result.returncode == 0, result.stderr
+    for statement in json.loads(result.stdout)["Statement"]:
+        if statement["Effect"] == "Allow":
+            assert statement["Condition"] == {
+                "StringEquals": {"s3:ResourceAccount": "123456789012"}
+            }
+    assert setup.run("iam-policy", "--account", "12345").returncode == 2
