@@ -530,7 +530,7 @@ def _optional(
             warned.add((feature, code))
             warnings.append(
                 f"bucket {bucket}: {feature} not set ({code or status}: {reason}); the bucket "
-                "is used without it (later buckets of this run alike: see the log)"
+                "is used without it (the log names every bucket it happened to)"
             )
 
 
