@@ -315,7 +315,10 @@ def verify(
     """Check that each bucket holds what state.db records: one listing per bucket.
 
     Objects missing from a bucket are queued, and the next backup run uploads them.
-    Exit code 0 when everything matches, 1 when something was found.
+    Bucket settings that let history be destroyed (foreign lifecycle rules, a
+    policy open to others, suspended versioning, a weakened Object Lock) are
+    findings too. Exit code 0 when everything matches, 1 when something was
+    found (and Teams is told).
 
     Example: matricula-backup verify --cache /var/lib/matricula-backup --deep
     """

@@ -164,6 +164,31 @@ def test_retention_is_extended_before_it_lapses(setup: Setup, s3: Any) -> None:
         )
 
 
+def test_a_refused_extension_is_an_error_and_tried_again_next_run(
+    setup: Setup, faults: FaultProxy
+) -> None:
+    folder = _locked_setup(setup, days=1, renew_days=1)
+    assert setup.run().returncode == 0
+    table = setup.table(folder)
+    first = dict(setup.db(f'SELECT path, retain_until FROM "{table}"'))
+    time.sleep(1.1)
+    faults.configure(rate=1.0, kinds=("denied",), only={"PUT retention"})
+
+    refused = setup.run()
+
+    assert refused.returncode == 1
+    assert "Object Lock extended on 0/3" in refused.stdout
+    assert refused.stderr.count("Object Lock not extended: PutObjectRetention failed") == 3
+    assert dict(setup.db(f'SELECT path, retain_until FROM "{table}"')) == first
+    faults.off()
+    again = setup.run()
+    assert again.returncode == 0, again.stderr
+    assert "Object Lock extended on 3/3" in again.stdout
+    assert all(
+        until > first[path] for path, until in setup.db(f'SELECT path, retain_until FROM "{table}"')
+    )
+
+
 def test_nothing_is_due_with_the_default_renewal_window(setup: Setup, s3_proxy: Any) -> None:
     folder = _locked_setup(setup, days=180)
     assert setup.run().returncode == 0
