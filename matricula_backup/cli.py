@@ -442,13 +442,13 @@ def _object_lock_advice(cache: Path, lock: ObjectLock) -> list[str]:
         f"Object Lock: new buckets get {lock.mode} {lock.days} days; every upload is locked "
         f"that long and extended when fewer than {lock.renew_days} days remain"
     ]
-    for bucket, files in unlocked_buckets(cache).items():
+    for bucket in unlocked_buckets(cache):
         lines.append(
-            f"Object Lock: bucket {bucket} holds {files} files uploaded without a retention. "
-            "If the bucket has no Object Lock (verify says so), enable it (versioned buckets "
-            f"allow it; it cannot be turned off again): {enable_lock_command(bucket, lock)} "
-            "- files uploaded from then on are locked; the versions already there stay "
-            "unlocked until their files change"
+            f"Object Lock: bucket {bucket} has not been seen with Object Lock on. If it has "
+            "none (verify says so), enable it (a versioned bucket allows it; it cannot be "
+            f"turned off again): {enable_lock_command(bucket, lock)} - once a verify or a "
+            "run that works on the bucket has seen it on, the next run locks the versions "
+            "already in it too"
         )
     return lines
 

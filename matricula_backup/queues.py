@@ -266,19 +266,25 @@ def record_delete_failed(conn: Connection, table: str, failed: list[tuple[str, s
 # --- Object Lock retention -----------------------------------------------------------------
 
 
-def retention_due_count(conn: Connection, table: str, before: int) -> int:
-    """Current versions whose Object Lock retention ends before ``before`` (unix seconds)."""
+def _due(unprotected: bool) -> str:
+    """Current versions whose retention ends before ?; with ``unprotected``, also those
+    with none recorded (uploaded before the bucket had Object Lock, or adopted by
+    --reset from a listing, which does not say)."""
+    none = " OR retain_until IS NULL" if unprotected else ""
+    return f"(retain_until < ?{none}) AND version_id IS NOT NULL AND uploaded_at IS NOT NULL"
+
+
+def retention_due_count(conn: Connection, table: str, before: int, unprotected: bool) -> int:
+    """How many current versions need their Object Lock retention set or extended."""
     return int(
         conn.exec_driver_sql(
-            f"""SELECT count(*) FROM "{table}"
-            WHERE retain_until IS NOT NULL AND retain_until < ? AND version_id IS NOT NULL""",
-            (before,),
+            f'SELECT count(*) FROM "{table}" WHERE {_due(unprotected)}', (before,)
         ).scalar_one()
     )
 
 
 def retention_due_batches(
-    conn: Connection, table: str, before: int, batch_size: int = 1000
+    conn: Connection, table: str, before: int, unprotected: bool, batch_size: int = 1000
 ) -> Iterator[list[tuple[str, str]]]:
     """(path, version_id) of those versions, ``batch_size`` at a time, in path order.
 
@@ -288,9 +294,7 @@ def retention_due_batches(
     last = ""
     while True:
         rows = conn.exec_driver_sql(
-            f"""SELECT path, version_id FROM "{table}"
-            WHERE retain_until IS NOT NULL AND retain_until < ? AND version_id IS NOT NULL
-              AND path > ?
+            f"""SELECT path, version_id FROM "{table}" WHERE {_due(unprotected)} AND path > ?
             ORDER BY path LIMIT ?""",
             (before, last, batch_size),
         ).all()

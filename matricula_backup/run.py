@@ -194,7 +194,9 @@ def _backup_folder(
         lock = settings.object_lock
         renew_before = int(time.time()) + (lock.renew_days * DAY if lock else 0)
         if lock:
-            report.to_extend = queues.retention_due_count(conn, record.table, renew_before)
+            report.to_extend = queues.retention_due_count(
+                conn, record.table, renew_before, record.object_lock
+            )
         report.to_upload, report.bytes_to_upload = sizes.uploads, sizes.upload_bytes
         report.to_delete, report.bytes_to_delete = sizes.deletes, sizes.delete_bytes
         if sizes.deletes and not options.allow_mass_delete:
@@ -227,6 +229,8 @@ def _backup_folder(
             run.add_warning(warning)
         if not record.bucket_ready:
             records.mark_bucket_ready(conn, record)
+        if lock and bucket.locked != record.object_lock:
+            records.mark_object_lock(conn, record.bucket, bucket.locked)
         locked = lock if bucket.locked else None
         progress.uploading(source, report.to_upload, report.bytes_to_upload)
         worker.upload_all(
@@ -234,6 +238,9 @@ def _backup_folder(
         )
         worker.delete_all(conn, store.get(), record, report, run)
         if locked:
+            # Counted again: the uploads locked their versions, and versions without a
+            # retention are due now that the bucket is known to have Object Lock.
+            report.to_extend = queues.retention_due_count(conn, record.table, renew_before, True)
             worker.extend_retention(
                 conn, store.get(), record, locked, renew_before, settings.workers, report, run
             )

@@ -106,32 +106,26 @@ def recorded_buckets(cache_dir: Path) -> dict[str, str]:
         engine.dispose()
 
 
-def unlocked_buckets(cache_dir: Path) -> dict[str, int]:
-    """bucket -> files in it uploaded without an Object Lock retention (read-only).
+def unlocked_buckets(cache_dir: Path) -> list[str]:
+    """Buckets set up by this tool that no run or verify has seen with Object Lock on.
 
-    Such buckets were set up before ``backup.object_lock`` was (or their
-    files before it was set); ``check-config`` says how to enable it on them.
+    Such buckets were set up before ``backup.object_lock`` was (or not looked at
+    since); ``check-config`` says how to enable it on them. Read-only.
     """
     if not (cache_dir / DB_NAME).exists():
-        return {}
+        return []
     engine = open_state_db_for_dry_run(cache_dir)
-    found = {}
     try:
         with engine.connect() as conn:
-            for bucket, table in conn.exec_driver_sql(
-                "SELECT bucket, table_name FROM folders WHERE bucket_ready_at IS NOT NULL "
-                "AND table_name IN (SELECT name FROM sqlite_master WHERE type = 'table') "
-                "ORDER BY path"
-            ).all():
-                count = conn.exec_driver_sql(
-                    f'SELECT count(*) FROM "{table}" '
-                    "WHERE uploaded_at IS NOT NULL AND retain_until IS NULL"
-                ).scalar_one()
-                if count:
-                    found[bucket] = int(count)
+            return [
+                row[0]
+                for row in conn.exec_driver_sql(
+                    "SELECT bucket FROM folders WHERE bucket_ready_at IS NOT NULL "
+                    "AND object_lock_at IS NULL ORDER BY path"
+                )
+            ]
     finally:
         engine.dispose()
-    return found
 
 
 def _run(conn: Connection, where: str) -> RunInfo | None:

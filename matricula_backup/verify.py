@@ -26,6 +26,7 @@ from sqlalchemy import Connection
 
 from matricula_backup import s3, tamper
 from matricula_backup.config import ObjectLock, Settings
+from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP, PENDING
 
@@ -123,7 +124,7 @@ def _verify_folder(
                     "not Enabled (the next backup run with work enables it)",
                 )
             )
-        for kind, problem in _tampering(store, bucket, lock):
+        for kind, problem in _tampering(conn, store, bucket, lock):
             found(Finding(folder, bucket, kind, problem))
 
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.listed")
@@ -209,13 +210,21 @@ def _verify_folder(
         _check_checksums(conn, store, check, table, prefix, workers, found)
 
 
-def _tampering(store: s3.Store, bucket: str, lock: ObjectLock | None) -> list[tuple[str, str]]:
-    """(kind, detail) of every bucket setting that lets history be destroyed (tamper.py)."""
+def _tampering(
+    conn: Connection, store: s3.Store, bucket: str, lock: ObjectLock | None
+) -> list[tuple[str, str]]:
+    """(kind, detail) of every bucket setting that lets history be destroyed (tamper.py).
+
+    Whether the bucket has Object Lock is recorded: once it has, the next run
+    locks the versions that have no retention yet.
+    """
     found = [("lifecycle", text) for text in s3.check_lifecycle(store.client, bucket, False)]
     found += [("policy", text) for text in s3.check_policy(store, bucket)]
     if lock is not None:
         configuration = s3.object_lock_configuration(store, bucket)
-        if configuration is None or configuration.get("ObjectLockEnabled") != "Enabled":
+        enabled = configuration is not None and configuration.get("ObjectLockEnabled") == "Enabled"
+        records.mark_object_lock(conn, bucket, enabled)
+        if not enabled:
             found.append(
                 (
                     "object_lock",

@@ -234,6 +234,7 @@ def extend_retention(
 ) -> None:
     """Lock again, for ``lock.days`` from now, the current versions whose lock ends before
     ``before``: a file that never changes stays protected for as long as it is backed up.
+    Versions with no retention recorded are locked too (the bucket has Object Lock on).
 
     One PutObjectRetention per version (S3 has no batch form short of S3 Batch
     Operations), sent by ``workers`` threads a batch of rows at a time; each
@@ -241,7 +242,7 @@ def extend_retention(
     """
     folder = record.folder
     with interrupt.deferred(), ThreadPoolExecutor(workers, "retention") as pool:
-        for batch in queues.retention_due_batches(conn, record.table, before, DELETE_BATCH):
+        for batch in queues.retention_due_batches(conn, record.table, before, True, DELETE_BATCH):
             interrupt.check()
             retention = s3.Retention.from_now(lock)
 

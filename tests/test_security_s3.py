@@ -189,6 +189,29 @@ def test_a_refused_extension_is_an_error_and_tried_again_next_run(
     )
 
 
+def test_a_reset_locks_the_versions_it_adopts(setup: Setup, s3: Any) -> None:
+    """A listing does not say until when a version is locked: the reset locks them anew."""
+    folder = _locked_setup(setup, days=2)
+    assert setup.run().returncode == 0
+    table = setup.table(folder)
+    check = setup.run("check-config")
+    assert "has not been seen with Object Lock on" not in check.stdout
+
+    dry = setup.run("--reset", "--dry-run")
+    assert "would extend Object Lock on 3" in dry.stdout, dry.stdout
+    before = int(time.time())
+    result = setup.run("--reset")
+
+    assert result.returncode == 0, result.stderr
+    assert "3 found already in the bucket" in result.stdout
+    assert "Object Lock extended on 3/3" in result.stdout
+    latest = latest_versions(s3, setup.bucket(folder))
+    for path, until in setup.db(f'SELECT path, retain_until FROM "{table}"'):
+        assert until >= before + 2 * DAY, path
+        key = _key(folder / path)
+        assert _retention(s3, setup.bucket(folder), key, latest[key]["VersionId"])[1] == until
+
+
 def test_nothing_is_due_with_the_default_renewal_window(setup: Setup, s3_proxy: Any) -> None:
     folder = _locked_setup(setup, days=180)
     assert setup.run().returncode == 0
@@ -221,9 +244,7 @@ def test_an_existing_bucket_without_object_lock_is_told_how_to_enable_it(
     assert command in result.stdout
     check = setup.run("check-config")
     assert check.returncode == 0, check.stderr
-    assert f"Object Lock: bucket {bucket} holds 4 files uploaded without a retention" in (
-        check.stdout
-    )
+    assert f"Object Lock: bucket {bucket} has not been seen with Object Lock on" in check.stdout
     assert command in check.stdout
 
     # What it says is valid for S3. (moto refuses Object Lock on a bucket that is not

@@ -45,6 +45,9 @@ folders = Table(
     # first run, --reset, lost state.db). NULL: the next run lists the bucket
     # before it uploads anything, so a run killed half-way resumes correctly.
     Column("listed_at", Integer),
+    # When a run or verify last found the bucket's Object Lock on; NULL: off or not
+    # known. Versions in such a bucket that carry no recorded retention get one.
+    Column("object_lock_at", Integer),
 )
 
 runs = Table(

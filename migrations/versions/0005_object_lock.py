@@ -1,4 +1,5 @@
-"""Object Lock: each files table records until when its current version is locked.
+"""Object Lock: each files table records until when its current version is locked,
+and ``folders.object_lock_at`` when the bucket was last seen with Object Lock on.
 
 ``retain_until`` (unix seconds) is the Object Lock retain-until date this tool
 set on the version it uploaded (or extended since); NULL when the upload
@@ -15,6 +16,7 @@ Create Date: 2026-11-27
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_object_lock"
@@ -35,6 +37,7 @@ def _files_tables() -> list[str]:
 
 
 def upgrade() -> None:
+    op.add_column("folders", sa.Column("object_lock_at", sa.Integer))
     bind = op.get_bind()
     for name in _files_tables():
         bind.exec_driver_sql(f'ALTER TABLE "{name}" ADD COLUMN retain_until INTEGER')
@@ -49,3 +52,5 @@ def downgrade() -> None:
     for name in _files_tables():
         bind.exec_driver_sql(f'DROP INDEX IF EXISTS "ix_{name}_retain_until"')
         bind.exec_driver_sql(f'ALTER TABLE "{name}" DROP COLUMN retain_until')
+    with op.batch_alter_table("folders") as batch:
+        batch.drop_column("object_lock_at")
