@@ -21,8 +21,15 @@ from typing import Annotated
 
 import typer
 
-from matricula_backup import __version__, interrupt, notify
-from matricula_backup.config import CONFIG_NAME, Settings, load_settings, redact_url, template
+from matricula_backup import __version__, iam, interrupt, notify
+from matricula_backup.config import (
+    CONFIG_NAME,
+    ObjectLock,
+    Settings,
+    load_settings,
+    redact_url,
+    template,
+)
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
@@ -40,12 +47,14 @@ from matricula_backup.progress import TerminalProgress
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
+from matricula_backup.s3 import enable_lock_command
 from matricula_backup.status import (
     history_lines,
     read_history,
     read_status,
     recorded_buckets,
     status_lines,
+    unlocked_buckets,
 )
 from matricula_backup.verify import run_verify
 
@@ -184,6 +193,8 @@ def backup(
         typer.echo(summary)
         for line in cost_lines(report, settings.prices, report.requests_by_operation):
             typer.echo(line)
+        for warning in report.warnings:
+            typer.echo(f"warning: {warning}")
     logger.info("%s", summary)
     for problem in report.problems[:SHOWN_PROBLEMS]:
         typer.echo(f"error: {problem}", err=True)
@@ -331,21 +342,27 @@ def verify(
             "request per file).",
         ),
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the findings (for cron).")
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Check that each bucket holds what state.db records: one listing per bucket.
 
     Objects missing from a bucket are queued, and the next backup run uploads them.
-    Exit code 0 when everything matches, 1 when something was found.
+    Bucket settings that let history be destroyed (foreign lifecycle rules, a
+    policy open to others, suspended versioning, a weakened Object Lock) are
+    findings too. Exit code 0 when everything matches, 1 when something was
+    found (and Teams is told).
 
     Example: matricula-backup verify --cache /var/lib/matricula-backup --deep
     """
-    cache, _log_path = _start(cache, verbose)
+    cache, log_path = _start(cache, verbose)
     with _fatal_errors_exit():
         settings = _load(cache)
         with exclusive_lock(cache):
             report = run_verify(settings, deep)
-    for check in report.folders:
+    for check in [] if quiet else report.folders:
         typer.echo(
             f"{check.folder} -> s3://{check.bucket}: {check.rows} files in state.db, "
             f"{check.objects} objects in the bucket"
@@ -356,7 +373,12 @@ def verify(
         logger.warning("%s", finding)
     for finding in report.findings[: SHOWN_PROBLEMS * 5]:
         typer.echo(f"finding: {finding}")
-    typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
+    if not quiet or report.findings:
+        typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
+    if report.findings:  # the weekly verify runs unattended: tell Teams, as a run would
+        told = RunReport(folders=[], error_count=len(report.findings))
+        told.problems = [Problem(f.folder, "verify", str(f)) for f in report.findings[:1000]]
+        _notify(settings, told, log_path or cache / LOG_NAME)
     raise typer.Exit(EXIT_WITH_ERRORS if report.findings else EXIT_OK)
 
 
@@ -440,10 +462,71 @@ def check_config(cache: CacheOption = None) -> None:
         typer.echo(f"{folder.path} ({folder.source}) -> bucket {bucket}{state}")
     for problem in problems:
         typer.echo(f"problem: {problem.message}", err=True)
+    if settings.object_lock is not None:
+        for line in _object_lock_advice(cache, settings.object_lock):
+            typer.echo(line)
     missing = [folder for folder in folders if not folder.path.is_dir()]
     webhook = redact_url(settings.webhook) if settings.webhook else "none (errors are only logged)"
     typer.echo(f"config.json is valid: {len(folders)} backup folders, webhook {webhook}")
     raise typer.Exit(EXIT_WITH_ERRORS if problems or missing else EXIT_OK)
+
+
+def _object_lock_advice(cache: Path, lock: ObjectLock) -> list[str]:
+    """For buckets that hold files uploaded without a retention: how to turn Object Lock on."""
+    lines = [
+        f"Object Lock: new buckets get {lock.mode} {lock.days} days; every upload is locked "
+        f"that long and extended when fewer than {lock.renew_days} days remain"
+    ]
+    for bucket in unlocked_buckets(cache):
+        lines.append(
+            f"Object Lock: bucket {bucket} has not been seen with Object Lock on. If it has "
+            "none (verify says so), enable it (a versioned bucket allows it; it cannot be "
+            f"turned off again): {enable_lock_command(bucket, lock)} - once a verify or a "
+            "run that works on the bucket has seen it on, the next run locks the versions "
+            "already in it too"
+        )
+    return lines
+
+
+@app.command("iam-policy")
+def iam_policy(
+    cache: CacheOption = None,
+    role: Annotated[
+        str,
+        typer.Option(
+            help="backup: the nightly run and verify; restore: restore; admin: what people "
+            "do by hand (delete versions or buckets on purpose)."
+        ),
+    ] = "backup",
+    account: Annotated[
+        str | None,
+        typer.Option(
+            help="Your 12-digit AWS account id: the buckets must also belong to it "
+            "(bucket names are global: the prefix alone matches other accounts' buckets)."
+        ),
+    ] = None,
+) -> None:
+    """Print the IAM policy (JSON) a role needs, scoped to backup.bucket_prefix's buckets.
+
+    Example: matricula-backup iam-policy --cache /var/lib/matricula-backup --role backup
+    """
+    cache, _log_path = _start(cache, False)
+    if role not in iam.ROLES:
+        typer.echo(f"--role {role!r}: use one of {', '.join(iam.ROLES)}", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    if account is not None and not (account.isdigit() and len(account) == 12):
+        typer.echo(f"--account {account!r}: an AWS account id has 12 digits", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    with _fatal_errors_exit():
+        settings = _load(cache)
+    if not settings.bucket_prefix:
+        typer.echo(
+            "warning: backup.bucket_prefix is empty, so this policy covers every bucket of "
+            "the account; set a prefix of your own before the first run",
+            err=True,
+        )
+    document = iam.policy(role, settings.bucket_prefix, settings.aws.region, account)
+    typer.echo(json.dumps(document, indent=2))
 
 
 @app.command("notify-test")

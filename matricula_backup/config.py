@@ -48,6 +48,7 @@ _ALLOWED: dict[str, set[str]] = {
         "max_delete_percent",
         "exclude",
         "max_bandwidth",
+        "object_lock",
     },
     "notification": {"webhook", "on_success", "stuck_after_hours"},
     "pricing": Prices.keys(),
@@ -62,6 +63,21 @@ _ALLOWED: dict[str, set[str]] = {
     },
 }
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
+_OBJECT_LOCK_KEYS = {"mode", "days", "renew_days"}
+MAX_LOCK_DAYS = 36500  # S3's limit on a default retention: 100 years
+
+
+@dataclass(frozen=True)
+class ObjectLock:
+    """backup.object_lock: every version is protected for ``days`` days (s3.py).
+
+    A version that stays current is protected for ``days`` more each time
+    fewer than ``renew_days`` remain (worker.py): runs must come more often than that.
+    """
+
+    mode: str  # GOVERNANCE | COMPLIANCE
+    days: int
+    renew_days: int
 
 
 @dataclass(frozen=True)
@@ -99,6 +115,7 @@ class Settings:
     stuck_after_hours: int = DEFAULT_STUCK_AFTER_HOURS
     aws: AwsSettings = AwsSettings()
     prices: Prices = Prices()
+    object_lock: ObjectLock | None = None  # off unless config.json sets it
     warnings: tuple[str, ...] = ()  # not errors: printed and logged, the run goes on
 
     @property
@@ -229,6 +246,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
             max_attempts=_int(aws, "max_attempts", DEFAULT_MAX_ATTEMPTS, 1, 20, "aws"),
             crt=_bool(aws, "aws", "crt", default=True),
         ),
+        object_lock=_object_lock(backup.get("object_lock")),
     )
 
 
@@ -334,6 +352,37 @@ def _patterns(section: dict[str, Any]) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _object_lock(value: Any) -> ObjectLock | None:
+    where = f"{CONFIG_NAME}: backup.object_lock"
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f'{where}: must be an object such as {{"mode": "GOVERNANCE", "days": 180}} or '
+            f"null, not {_kind(value)}"
+        )
+    unknown = sorted(set(value) - _OBJECT_LOCK_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown key {', '.join(unknown)} (known keys: "
+            f"{', '.join(sorted(_OBJECT_LOCK_KEYS))})"
+        )
+    mode = value.get("mode")
+    if mode not in ("GOVERNANCE", "COMPLIANCE"):
+        raise ConfigError(
+            f"{where}.mode: must be GOVERNANCE (an administrator with "
+            "s3:BypassGovernanceRetention can still delete) or COMPLIANCE (nobody can, "
+            f"not even the account's root user, until the retention ends), not {mode!r}"
+        )
+    if "days" not in value:
+        raise ConfigError(f"{where}.days: missing; 180 matches Deep Archive's minimum storage")
+    days = _int(value, "days", 180, 1, MAX_LOCK_DAYS, "backup.object_lock")
+    renew_days = _int(
+        value, "renew_days", min(30, max(1, days // 3)), 1, days, "backup.object_lock"
+    )
+    return ObjectLock(mode, days, renew_days)
+
+
 def _bool(section: dict[str, Any], name: str, key: str, default: bool = False) -> bool:
     value = section.get(key, default)
     if not isinstance(value, bool):
@@ -354,6 +403,7 @@ def template() -> dict[str, Any]:
             "max_delete_percent": DEFAULT_MAX_DELETE_PERCENT,
             "exclude": [],
             "max_bandwidth": None,
+            "object_lock": None,
         },
         "notification": {
             "webhook": None,

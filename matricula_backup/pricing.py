@@ -75,6 +75,8 @@ BILLED_AS_PUT = {
     "PutBucketLifecycleConfiguration",
     "PutPublicAccessBlock",
     "PutBucketEncryption",
+    "PutObjectLockConfiguration",
+    "PutObjectRetention",  # extending Object Lock: one per current version when due
 }
 
 
@@ -83,16 +85,24 @@ def cost_lines(run: RunReport, prices: Prices, requests_by_operation: dict[str, 
     total = run.totals()
     if run.dry_run:
         # One PUT per file; multipart files need a few more (not known before reading them).
-        puts = total.to_upload
+        puts = total.to_upload + total.to_extend
         run_line = (
             f"estimated cost of this run: {usd(prices.requests_cost(puts))} for about {puts} "
             "PUT requests"
+            + (
+                f" ({total.to_extend} of them extend Object Lock retentions)"
+                if total.to_extend
+                else ""
+            )
         )
     else:
         puts = sum(n for op, n in requests_by_operation.items() if op in BILLED_AS_PUT)
         run_line = (
             f"cost of this run: ${prices.requests_cost(puts):.2f} for {puts} PUT/LIST requests"
         )
+        retention = requests_by_operation.get("PutObjectRetention", 0)
+        if retention:
+            run_line += f" ({retention} of them set Object Lock retentions)"
     objects, size = total.files_seen, total.bytes_seen
     lines = [
         run_line,

@@ -57,6 +57,7 @@ class Uploaded:
     version_id: str | None
     sha256: bytes
     sent: bool = True
+    retain_until: int | None = None  # Object Lock retention set on the upload, unix seconds
 
 
 @dataclass(frozen=True)
@@ -218,11 +219,16 @@ def _pages(
 
 def record_uploaded(conn: Connection, table: str, done: list[Uploaded]) -> None:
     now = int(time.time())
-    sent = [(d.size, d.mtime_ns, d.version_id, d.sha256, now, d.path) for d in done if d.sent]
+    sent = [
+        (d.size, d.mtime_ns, d.version_id, d.sha256, now, d.retain_until, d.path)
+        for d in done
+        if d.sent
+    ]
     if sent:
         conn.exec_driver_sql(
             f"""UPDATE "{table}" SET size = ?, mtime_ns = ?, state = '{BACKED_UP}',
-            version_id = ?, sha256 = ?, uploaded_at = ?, error = NULL WHERE path = ?""",
+            version_id = ?, sha256 = ?, uploaded_at = ?, retain_until = ?, error = NULL
+            WHERE path = ?""",
             sent,
         )
     # Same bytes as the bucket's latest version: only the new mtime is recorded.
@@ -254,4 +260,54 @@ def record_delete_failed(conn: Connection, table: str, failed: list[tuple[str, s
         conn.exec_driver_sql(
             f'UPDATE "{table}" SET error = ? WHERE path = ?',
             [(message, path) for path, message in failed],
+        )
+
+
+# --- Object Lock retention -----------------------------------------------------------------
+
+
+def _due(unprotected: bool) -> str:
+    """Current versions whose retention ends before ?; with ``unprotected``, also those
+    with none recorded (uploaded before the bucket had Object Lock, or adopted by
+    --reset from a listing, which does not say)."""
+    none = " OR retain_until IS NULL" if unprotected else ""
+    return f"(retain_until < ?{none}) AND version_id IS NOT NULL AND uploaded_at IS NOT NULL"
+
+
+def retention_due_count(conn: Connection, table: str, before: int, unprotected: bool) -> int:
+    """How many current versions need their Object Lock retention set or extended."""
+    return int(
+        conn.exec_driver_sql(
+            f'SELECT count(*) FROM "{table}" WHERE {_due(unprotected)}', (before,)
+        ).scalar_one()
+    )
+
+
+def retention_due_batches(
+    conn: Connection, table: str, before: int, unprotected: bool, batch_size: int = 1000
+) -> Iterator[list[tuple[str, str]]]:
+    """(path, version_id) of those versions, ``batch_size`` at a time, in path order.
+
+    Keyset paging by path: a batch whose extension failed is not selected again
+    in the same run (it stays due and is tried next run).
+    """
+    last = ""
+    while True:
+        rows = conn.exec_driver_sql(
+            f"""SELECT path, version_id FROM "{table}" WHERE {_due(unprotected)} AND path > ?
+            ORDER BY path LIMIT ?""",
+            (before, last, batch_size),
+        ).all()
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield [(row[0], row[1]) for row in rows]
+
+
+def record_retention(conn: Connection, table: str, extended: list[tuple[str, int]]) -> None:
+    """(path, retain_until) of versions whose retention S3 confirmed."""
+    if extended:
+        conn.exec_driver_sql(
+            f'UPDATE "{table}" SET retain_until = ? WHERE path = ?',
+            [(until, path) for path, until in extended],
         )

@@ -53,6 +53,8 @@ class FolderReport:
     started_at: int = 0
     finished_at: int = 0
     errors: int = 0
+    to_extend: int = 0  # current versions whose Object Lock retention is due to be extended
+    extended: int = 0
 
 
 @dataclass
@@ -68,6 +70,13 @@ class RunReport:
     s3_requests: int = 0
     requests_by_operation: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
+    # Not errors: what S3 refused that the backup can live without (hardening).
+    warnings: list[str] = field(default_factory=list)
+
+    def add_warning(self, message: str) -> None:
+        logger.warning("%s", message)
+        if message not in self.warnings:
+            self.warnings.append(message)
 
     def add_problem(self, problem: Problem, report: FolderReport | None = None) -> None:
         """Count, log and (the first ones) keep a problem; the run goes on."""
@@ -97,6 +106,8 @@ class RunReport:
                 "deleted",
                 "already_in_bucket",
                 "same_content",
+                "to_extend",
+                "extended",
             ):
                 setattr(total, name, getattr(total, name) + getattr(report, name))
         total.errors = self.error_count
@@ -122,6 +133,7 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
             f"({human_bytes(report.bytes_to_upload)}), would delete {report.to_delete} files "
             f"({human_bytes(report.bytes_to_delete)}); {report.files_seen} files "
             f"({human_bytes(report.bytes_seen)}) on disk{excluded}"
+            + (f"; would extend Object Lock on {report.to_extend}" if report.to_extend else "")
         )
     line = (
         f"{report.folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
@@ -133,6 +145,8 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
         line += f"; {report.already_in_bucket} found already in the bucket"
     if report.same_content:
         line += f"; {report.same_content} only touched (same bytes, not uploaded again)"
+    if report.to_extend:
+        line += f"; Object Lock extended on {report.extended}/{report.to_extend}"
     if report.errors:
         line += f"; {report.errors} errors"
     return line

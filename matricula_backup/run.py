@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 # Below this many deletions in one folder the share is not checked (a folder of
 # 3 files may lose one without anybody being asked).
 MASS_DELETE_MIN_FILES = 10
+DAY = 86400
 
 
 class _LazyStore:
@@ -40,7 +41,7 @@ class _LazyStore:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store: s3.Store | None = None
-        self.warned: set[str] = set()
+        self.warned: set[tuple[str, str]] = set()
 
     def get(self) -> s3.Store:
         if self.store is None:
@@ -190,6 +191,12 @@ def _backup_folder(
                 records.mark_listed(conn, record)
 
         sizes = queues.build_queues(conn, record.table, record.bucket_ready)
+        lock = settings.object_lock
+        renew_before = int(time.time()) + (lock.renew_days * DAY if lock else 0)
+        if lock:
+            report.to_extend = queues.retention_due_count(
+                conn, record.table, renew_before, record.object_lock
+            )
         report.to_upload, report.bytes_to_upload = sizes.uploads, sizes.upload_bytes
         report.to_delete, report.bytes_to_delete = sizes.deletes, sizes.delete_bytes
         if sizes.deletes and not options.allow_mass_delete:
@@ -211,17 +218,32 @@ def _backup_folder(
         if dry_run:
             return
         queues.apply_scan(conn, record.table)
-        if report.to_upload == 0 and report.to_delete == 0:
+        if report.to_upload == 0 and report.to_delete == 0 and report.to_extend == 0:
             return
-        for repaired in s3.prepare_bucket(
-            store.get(), record.bucket, record.bucket_ready, store.warned
-        ):
-            run.add_problem(Problem(source, "bucket", repaired), report)
+        bucket = s3.prepare_bucket(
+            store.get(), record.bucket, record.bucket_ready, store.warned, lock
+        )
+        for problem in bucket.problems:
+            run.add_problem(Problem(source, "bucket", problem), report)
+        for warning in bucket.warnings:
+            run.add_warning(warning)
         if not record.bucket_ready:
             records.mark_bucket_ready(conn, record)
+        if lock and bucket.locked != record.object_lock:
+            records.mark_object_lock(conn, record.bucket, bucket.locked)
+        locked = lock if bucket.locked else None
         progress.uploading(source, report.to_upload, report.bytes_to_upload)
-        worker.upload_all(conn, store.get(), record, settings.workers, report, run, progress)
+        worker.upload_all(
+            conn, store.get(), record, settings.workers, report, run, progress, locked
+        )
         worker.delete_all(conn, store.get(), record, report, run)
+        if locked:
+            # Counted again: the uploads locked their versions, and versions without a
+            # retention are due now that the bucket is known to have Object Lock.
+            report.to_extend = queues.retention_due_count(conn, record.table, renew_before, True)
+            worker.extend_retention(
+                conn, store.get(), record, locked, renew_before, settings.workers, report, run
+            )
     except FolderError as exc:
         run.add_problem(Problem(source, "bucket", str(exc)), report)
         conn.rollback()

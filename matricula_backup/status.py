@@ -106,6 +106,28 @@ def recorded_buckets(cache_dir: Path) -> dict[str, str]:
         engine.dispose()
 
 
+def unlocked_buckets(cache_dir: Path) -> list[str]:
+    """Buckets set up by this tool that no run or verify has seen with Object Lock on.
+
+    Such buckets were set up before ``backup.object_lock`` was (or not looked at
+    since); ``check-config`` says how to enable it on them. Read-only.
+    """
+    if not (cache_dir / DB_NAME).exists():
+        return []
+    engine = open_state_db_for_dry_run(cache_dir)
+    try:
+        with engine.connect() as conn:
+            return [
+                row[0]
+                for row in conn.exec_driver_sql(
+                    "SELECT bucket FROM folders WHERE bucket_ready_at IS NOT NULL "
+                    "AND object_lock_at IS NULL ORDER BY path"
+                )
+            ]
+    finally:
+        engine.dispose()
+
+
 def _run(conn: Connection, where: str) -> RunInfo | None:
     row = conn.exec_driver_sql(
         f"SELECT id, started_at, finished_at, outcome, files_uploaded, errors FROM runs {where} "

@@ -8,7 +8,9 @@ differences against the folder's files table give the findings:
 - stray: in the bucket, unknown to state.db (``--reset`` adopts such objects
   and deletes those whose files are gone).
 - size / version / storage class: the bucket's latest version differs.
-- bucket settings: versioning not enabled, lifecycle rules not ours.
+- bucket settings: versioning not enabled, lifecycle rules not ours or a rule
+  that can destroy data, a bucket policy that lets others in, Object Lock
+  missing or weaker than ``backup.object_lock`` (tamper.py).
 - ``--deep``: the SHA-256 in each object's metadata (HEAD) against the one
   recorded at upload; rows adopted without a checksum get it from there.
 """
@@ -22,8 +24,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from matricula_backup import s3
-from matricula_backup.config import Settings
+from matricula_backup import s3, tamper
+from matricula_backup.config import ObjectLock, Settings
+from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP, PENDING
 
@@ -75,7 +78,9 @@ def run_verify(settings: Settings, deep: bool) -> VerifyReport:
                 check = FolderCheck(path, bucket)
                 report.folders.append(check)
                 try:
-                    _verify_folder(conn, store, check, table, deep, settings.workers, report)
+                    _verify_folder(
+                        conn, store, check, table, deep, settings.workers, report, settings
+                    )
                 except s3.S3_ERRORS as exc:
                     report.findings.append(Finding(path, bucket, "bucket", s3.describe(exc)))
                     conn.rollback()
@@ -92,8 +97,10 @@ def _verify_folder(
     deep: bool,
     workers: int,
     report: VerifyReport,
+    settings: Settings,
 ) -> None:
     bucket, folder = check.bucket, check.folder
+    lock = settings.object_lock
     found = report.findings.append
     prefix = folder.lstrip("/") + "/"
     versioning = s3.versioning_status(store, bucket)
@@ -117,16 +124,8 @@ def _verify_folder(
                     "not Enabled (the next backup run with work enables it)",
                 )
             )
-        if not s3.lifecycle_ok(store.client, bucket):
-            found(
-                Finding(
-                    folder,
-                    bucket,
-                    "lifecycle",
-                    "lifecycle rules differ from the ones "
-                    "this tool sets (the next backup run with work restores them)",
-                )
-            )
+        for kind, problem in _tampering(conn, store, bucket, lock):
+            found(Finding(folder, bucket, kind, problem))
 
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.listed")
     conn.exec_driver_sql(
@@ -209,6 +208,33 @@ def _verify_folder(
         )
     if deep:
         _check_checksums(conn, store, check, table, prefix, workers, found)
+
+
+def _tampering(
+    conn: Connection, store: s3.Store, bucket: str, lock: ObjectLock | None
+) -> list[tuple[str, str]]:
+    """(kind, detail) of every bucket setting that lets history be destroyed (tamper.py).
+
+    Whether the bucket has Object Lock is recorded: once it has, the next run
+    locks the versions that have no retention yet.
+    """
+    found = [("lifecycle", text) for text in s3.check_lifecycle(store.client, bucket, False)]
+    found += [("policy", text) for text in s3.check_policy(store, bucket)]
+    if lock is not None:
+        configuration = s3.object_lock_configuration(store, bucket)
+        enabled = configuration is not None and configuration.get("ObjectLockEnabled") == "Enabled"
+        records.mark_object_lock(conn, bucket, enabled)
+        if not enabled:
+            found.append(
+                (
+                    "object_lock",
+                    "no Object Lock although backup.object_lock is set; to enable it: "
+                    + s3.enable_lock_command(bucket, lock),
+                )
+            )
+        else:
+            found += [("object_lock", text) for text in tamper.lock_problems(configuration, lock)]
+    return found
 
 
 def _check_checksums(

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from sqlalchemy import Connection
 
 from matricula_backup import interrupt, queues, s3
+from matricula_backup.config import ObjectLock
 from matricula_backup.db.records import FolderRecord
 from matricula_backup.progress import RunProgress
 from matricula_backup.queues import Uploaded, UploadItem
@@ -73,8 +74,9 @@ def upload_all(
     report: FolderReport,
     run: RunReport,
     progress: RunProgress,
+    lock: ObjectLock | None = None,
 ) -> None:
-    """Upload everything in ``upload_queue`` of this folder."""
+    """Upload everything in ``upload_queue`` of this folder (locked if ``lock``)."""
     folder = record.folder
     recorder = _Recorder(conn, record.table)
     in_flight: dict[Future[Uploaded], UploadItem] = {}
@@ -153,6 +155,7 @@ def upload_all(
                         item.path,
                         should_stop,
                         item.in_bucket_sha256,
+                        lock,
                     )
                     in_flight[future] = item
                     future.add_done_callback(finished.put)
@@ -217,3 +220,58 @@ def _delete_batch(
         )
     for path in deleted:
         logger.debug("deleted from bucket (file gone): %s", os.path.join(folder.path, path))
+
+
+def extend_retention(
+    conn: Connection,
+    store: s3.Store,
+    record: FolderRecord,
+    lock: ObjectLock,
+    before: int,
+    workers: int,
+    report: FolderReport,
+    run: RunReport,
+) -> None:
+    """Lock again, for ``lock.days`` from now, the current versions whose lock ends before
+    ``before``: a file that never changes stays protected for as long as it is backed up.
+    Versions with no retention recorded are locked too (the bucket has Object Lock on).
+
+    One PutObjectRetention per version (S3 has no batch form short of S3 Batch
+    Operations), sent by ``workers`` threads a batch of rows at a time; each
+    batch is recorded before the next. A failure is reported and tried next run.
+    """
+    folder = record.folder
+    with interrupt.deferred(), ThreadPoolExecutor(workers, "retention") as pool:
+        for batch in queues.retention_due_batches(conn, record.table, before, True, DELETE_BATCH):
+            interrupt.check()
+            retention = s3.Retention.from_now(lock)
+
+            def extend(row: tuple[str, str], retention: s3.Retention = retention) -> str | None:
+                try:
+                    s3.extend_retention(
+                        store, record.bucket, folder.key_prefix + row[0], row[1], retention
+                    )
+                except s3.S3_ERRORS as exc:
+                    return s3.describe(exc)
+                return None
+
+            results = list(pool.map(extend, batch))
+            done = [
+                (path, retention.epoch)
+                for (path, _), error in zip(batch, results, strict=True)
+                if not error
+            ]
+            queues.record_retention(conn, record.table, done)
+            conn.commit()
+            report.extended += len(done)
+            for (path, _), error in zip(batch, results, strict=True):
+                if error:
+                    run.add_problem(
+                        Problem(
+                            str(folder.path),
+                            "retention",
+                            f"Object Lock not extended: {error}; tried again next run",
+                            os.path.join(folder.path, path),
+                        ),
+                        report,
+                    )

@@ -25,7 +25,13 @@ the labels of ``CountingProxy.requests``) or methods, one of ``kinds`` is done:
 ``delete_errors``
     for DeleteObjects only (elsewhere it acts as ``internal``): answer 200 with a
     per-key ``InternalError`` for every key of the request (not forwarded), as S3
-    does when some deletes of a batch fail.
+    does when some deletes of a batch fail;
+``denied``
+    answer 403 AccessDenied (not forwarded), as S3 does to keys whose IAM
+    policy lacks the action;
+``unsupported``
+    answer 501 NotImplemented (not forwarded), as S3-compatible servers do for
+    features they lack.
 
 Everything binds 127.0.0.1. Usage::
 
@@ -51,10 +57,16 @@ from urllib.parse import urlsplit
 
 from tests.s3proxy import CountingProxy, _Handler
 
-KINDS = ("slowdown", "internal", "drop", "delay", "lost", "delete_errors")
+KINDS = ("slowdown", "internal", "drop", "delay", "lost", "delete_errors", "denied", "unsupported")
 
 SLOWDOWN_BODY = (
     b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+)
+DENIED_BODY = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+UNSUPPORTED_BODY = (
+    b"<Error><Code>NotImplemented</Code>"
+    b"<Message>A header you provided implies functionality that is not implemented</Message>"
+    b"</Error>"
 )
 INTERNAL_BODY = (
     b"<Error><Code>InternalError</Code>"
@@ -187,6 +199,10 @@ class _FaultHandler(_Handler):
                 self.close_connection = True
             elif fault == "slowdown":
                 self._answer(503, "Slow Down", SLOWDOWN_BODY)
+            elif fault == "denied":
+                self._answer(403, "Forbidden", DENIED_BODY)
+            elif fault == "unsupported":
+                self._answer(501, "Not Implemented", UNSUPPORTED_BODY)
             elif fault == "delete_errors" and label == "POST delete":
                 self._answer(200, "OK", _delete_errors(body or b""))
             else:

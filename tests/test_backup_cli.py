@@ -116,12 +116,13 @@ def test_changed_added_and_deleted_files(setup: Setup, s3: Any, s3_proxy: Counti
 
     assert result.returncode == 0, result.stderr
     assert "uploaded 2/2 files" in result.stdout and "deleted 1/1" in result.stdout
-    # Two PUTs, one DeleteObjects, and two GETs checking the bucket's settings.
+    # Two PUTs, one DeleteObjects, and three GETs checking the bucket's settings.
     assert s3_proxy.requests == {
         "PUT object": 2,
         "POST delete": 1,
         "GET versioning": 1,
         "GET lifecycle": 1,
+        "GET policy": 1,
     }, s3_proxy.requests
     latest = latest_versions(s3, bucket)
     assert set(latest) == {

@@ -113,3 +113,40 @@ def test_upgrade_from_0001_keeps_the_folders_and_marks_their_tables_listed(
         rows = connection.exec_driver_sql("SELECT path, bucket, listed_at FROM folders").all()
     engine.dispose()
     assert rows == [("/images/a", "a-12345678", 1700000000)]
+
+
+def test_upgrade_to_0005_adds_retain_until_to_every_files_table(tmp_path: Path) -> None:
+    from alembic import command
+
+    engine = open_state_db(tmp_path)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0004")
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            "INSERT INTO folders (path, bucket, table_name, created_at) VALUES "
+            "('/images/a', 'a-12345678', 'files_a_12345678', 1700000000), "
+            "('/images/b', 'b-12345678', 'files_b_12345678', 1700000000)"  # table dropped
+        )
+        connection.exec_driver_sql(  # a files table as version 0004 created it
+            'CREATE TABLE "files_a_12345678" (path TEXT PRIMARY KEY, size INTEGER NOT NULL, '
+            "mtime_ns INTEGER NOT NULL, state TEXT NOT NULL, version_id TEXT, sha256 BLOB, "
+            "uploaded_at INTEGER, error TEXT) WITHOUT ROWID"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO files_a_12345678 VALUES ('x.tif', 1, 2, 'backed_up', 'v1', NULL, 3, NULL)"
+        )
+    engine.dispose()
+
+    engine = open_state_db(tmp_path)  # upgrades to head, as a run does
+    with engine.connect() as connection:
+        rows = connection.exec_driver_sql(
+            "SELECT path, version_id, retain_until FROM files_a_12345678"
+        ).all()
+        indexes = connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'files_a_12345678'"
+        ).all()
+    engine.dispose()
+    assert rows == [("x.tif", "v1", None)]
+    assert ("ix_files_a_12345678_retain_until",) in indexes

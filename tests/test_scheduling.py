@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,66 @@ def test_the_cron_line_runs_quietly_as_its_user(setup: Setup) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""  # nothing to mail on a good night
     assert setup.db("SELECT outcome, files_uploaded FROM runs") == [("ok", 1)]
+
+
+def _run_as_service(setup: Setup, command: str, env: dict[str, str]) -> Any:
+    return subprocess.run(
+        _as_service_user(setup) + _localise(command, setup),
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+def test_the_weekly_verify_unit_checks_the_buckets_as_its_user(setup: Setup, s3: Any) -> None:
+    backup = _unit(DOCS / "matricula-backup.service")
+    unit = _unit(DOCS / "matricula-backup-verify.service")
+    assert unit["User"] == backup["User"] and unit["Type"] == ["oneshot"]
+    assert " verify --cache " in unit["ExecStart"][0]
+    timer = _unit(DOCS / "matricula-backup-verify.timer")
+    assert timer["Persistent"] == ["true"] and timer["OnCalendar"][0].startswith("Sun ")
+    setup.file("Band/a.tif", b"scan")
+    setup.write_config(backup__folders=[str(setup.images / "Band")])
+    environment = dict(item.split("=", 1) for item in unit["Environment"])
+    environment["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    assert _run_as_service(setup, backup["ExecStart"][0], environment).returncode == 0
+
+    good = _run_as_service(setup, unit["ExecStart"][0], environment)
+    bucket = setup.bucket(setup.images / "Band")
+    rules = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    expire = {"ID": "x", "Status": "Enabled", "Filter": {}, "Expiration": {"Days": 1}}
+    s3.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [*rules, expire]}
+    )
+    bad = _run_as_service(setup, unit["ExecStart"][0], environment)
+
+    assert good.returncode == 0, good.stderr
+    assert "verify: 1 folders, 0 findings" in good.stdout
+    assert bad.returncode == 1  # the unit is marked failed
+    assert "finding: lifecycle:" in bad.stdout and "lifecycle rule 'x'" in bad.stdout
+
+
+def test_the_weekly_verify_cron_line_is_silent_on_a_good_week(setup: Setup) -> None:
+    line = next(
+        line
+        for line in (DOCS / "matricula-backup.cron").read_text().splitlines()
+        if line and not line.startswith("#") and " verify " in line
+    )
+    minute, hour, _dom, _month, dow, user, command = line.split(None, 6)
+    assert (minute, hour, dow, user) == ("0", "12", "0", "matricula-backup")
+    setup.file("Band/a.tif", b"scan")
+    setup.write_config(backup__folders=[str(setup.images / "Band")])
+    cron_environment = {"PATH": "/usr/bin:/bin", "SHELL": "/bin/sh", "LOGNAME": user}
+    nightly = next(
+        line.split(None, 6)[6]
+        for line in (DOCS / "matricula-backup.cron").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert _run_as_service(setup, nightly, cron_environment).returncode == 0
+
+    result = _run_as_service(setup, command, cron_environment)
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""  # nothing to mail on a good week

@@ -132,4 +132,4 @@ def test_history_lists_runs_with_per_folder_counts(setup: Setup) -> None:
     assert f"    {folder}: 3 files, 1 uploaded (2 B), 1 deleted" in lines[1]
     assert lines[2].startswith("#1 ") and "3 files (1.5 KiB) uploaded" in lines[2]
     assert len(data) == 1 and data[0]["folders"][0]["files_uploaded"] == 1
-    assert data[0]["folders"][0]["s3_requests"] == 4  # 2 bucket checks, 1 PUT, 1 DeleteObjects
+    assert data[0]["folders"][0]["s3_requests"] == 5  # 3 bucket checks, 1 PUT, 1 DeleteObjects

@@ -29,6 +29,7 @@ class FolderRecord:
     bucket_ready: bool
     table_exists: bool
     listed: bool  # the files table was filled from the bucket's listing
+    object_lock: bool = False  # the bucket was last seen with Object Lock on
 
     @property
     def needs_listing(self) -> bool:
@@ -56,6 +57,7 @@ def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> Folder
             False,
             _table_exists(conn, row.table_name),
             row.listed_at is not None,
+            row.object_lock_at is not None,
         )
     if derived != row.bucket:
         logger.warning(
@@ -72,6 +74,7 @@ def lookup_folder(conn: Connection, folder: BackupFolder, prefix: str) -> Folder
         row.bucket_ready_at is not None,
         _table_exists(conn, row.table_name),
         row.listed_at is not None,
+        row.object_lock_at is not None,
     )
 
 
@@ -133,6 +136,16 @@ def create_empty_temp_table(conn: Connection, record: FolderRecord) -> None:
 def mark_bucket_ready(conn: Connection, record: FolderRecord) -> None:
     conn.execute(
         update(folders).where(folders.c.id == record.id).values(bucket_ready_at=int(time.time()))
+    )
+    conn.commit()
+
+
+def mark_object_lock(conn: Connection, bucket: str, locked: bool) -> None:
+    """Record whether the bucket has Object Lock on, as S3 just said."""
+    conn.execute(
+        update(folders)
+        .where(folders.c.bucket == bucket)
+        .values(object_lock_at=int(time.time()) if locked else None)
     )
     conn.commit()
 

@@ -45,6 +45,9 @@ folders = Table(
     # first run, --reset, lost state.db). NULL: the next run lists the bucket
     # before it uploads anything, so a run killed half-way resumes correctly.
     Column("listed_at", Integer),
+    # When a run or verify last found the bucket's Object Lock on; NULL: off or not
+    # known. Versions in such a bucket that carry no recorded retention get one.
+    Column("object_lock_at", Integer),
 )
 
 runs = Table(
@@ -135,10 +138,13 @@ def files_table_ddl(name: str, temporary: bool = False) -> list[str]:
     version_id  TEXT,               -- S3 version id of the last confirmed upload
     sha256      BLOB,               -- SHA-256 of the bytes of that upload (32 bytes)
     uploaded_at INTEGER,            -- when S3 confirmed it, unix seconds
-    error       TEXT                -- last upload/delete error; NULL once resolved
+    error       TEXT,               -- last upload/delete error; NULL once resolved
+    retain_until INTEGER            -- Object Lock of that version: locked until, unix seconds
 ) WITHOUT ROWID""",
         f"""CREATE INDEX IF NOT EXISTS "ix_{name}_not_backed_up"
     ON "{name}" (state) WHERE state != 'backed_up'""",
+        f"""CREATE INDEX IF NOT EXISTS "ix_{name}_retain_until"
+    ON "{name}" (retain_until) WHERE retain_until IS NOT NULL""",
     ]
 
 
