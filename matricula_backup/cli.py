@@ -108,6 +108,15 @@ def backup(
             "looks like an unmounted share).",
         ),
     ] = False,
+    allow_mass_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-change",
+            help="Upload changed files even when more than backup.max_change_percent of a "
+            "folder's files changed since the last run (normally held back: it looks like "
+            "ransomware encrypting files in place).",
+        ),
+    ] = False,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -145,6 +154,7 @@ def backup(
             dry_run=dry_run,
             reset=reset,
             allow_mass_delete=allow_mass_delete,
+            allow_mass_change=allow_mass_change,
             only=tuple(Path(os.path.normpath(path.absolute())) for path in folder or ()),
         )
         if dry_run:

@@ -49,6 +49,8 @@ class FolderReport:
     already_in_bucket: int = 0  # matched by a --reset against the bucket listing
     same_content: int = 0  # mtime changed, bytes equal to the bucket's: not uploaded
     excluded: int = 0  # files and folders matched by backup.exclude
+    changed_uploaded: int = 0  # new versions of files that had one (the 7-day change count)
+    changes_held: int = 0  # changed files the mass change guard did not upload
     s3_requests: int = 0
     started_at: int = 0
     finished_at: int = 0
@@ -133,6 +135,8 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
         line += f"; {report.already_in_bucket} found already in the bucket"
     if report.same_content:
         line += f"; {report.same_content} only touched (same bytes, not uploaded again)"
+    if report.changes_held:
+        line += f"; {report.changes_held} changed files held back (mass change guard)"
     if report.errors:
         line += f"; {report.errors} errors"
     return line

@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 # Below this many deletions in one folder the share is not checked (a folder of
 # 3 files may lose one without anybody being asked).
 MASS_DELETE_MIN_FILES = 10
+# The same for changed files (mass change guard), and the window of the slow count.
+MASS_CHANGE_MIN_FILES = 10
+CHANGE_WINDOW_SECONDS = 7 * 24 * 3600
+CHANGED_SHOWN = 5  # changed files named in the refusal
 
 
 class _LazyStore:
@@ -59,6 +63,7 @@ class RunOptions:
     dry_run: bool = False
     reset: bool = False
     allow_mass_delete: bool = False
+    allow_mass_change: bool = False
     only: tuple[Path, ...] = ()  # --folder: back up just these backup folders
 
 
@@ -200,6 +205,12 @@ def _backup_folder(
                 run.add_problem(Problem(source, "delete", refusal), report)
                 conn.exec_driver_sql("DELETE FROM temp.delete_queue WHERE in_bucket")
                 report.to_delete = report.bytes_to_delete = 0
+        if sizes.changed and not options.allow_mass_change:
+            refusal = _mass_change_refusal(conn, settings, record.table, sizes.changed)
+            if refusal:
+                run.add_problem(Problem(source, "change", refusal), report)
+                report.changes_held = sizes.changed
+                report.to_upload, report.bytes_to_upload = queues.hold_changed(conn)
         logger.info(
             "%s: %d files on disk; %d to upload (%d new), %d to delete",
             source,
@@ -222,6 +233,10 @@ def _backup_folder(
         progress.uploading(source, report.to_upload, report.bytes_to_upload)
         worker.upload_all(conn, store.get(), record, settings.workers, report, run, progress)
         worker.delete_all(conn, store.get(), record, report, run)
+        if not (options.allow_mass_change or options.allow_mass_delete):
+            slow = _slow_change_warning(conn, settings, record.table, source, report)
+            if slow:
+                run.add_problem(Problem(source, "change", slow), report)
     except FolderError as exc:
         run.add_problem(Problem(source, "bucket", str(exc)), report)
         conn.rollback()
@@ -282,3 +297,61 @@ def _mass_delete_refusal(
             "--allow-mass-delete"
         )
     return None
+
+
+def _mass_change_refusal(
+    conn: Connection, settings: Settings, table: str, changed: int
+) -> str | None:
+    """Why this many changed files look like ransomware (files encrypted in place), or None.
+
+    Decided from size and mtime, before any byte is read: the changed files of
+    the refused folder are never read or sent. A file only touched (same bytes)
+    counts too, since only reading it would tell; letting it through with
+    --allow-mass-change costs nothing, as its bytes are not uploaded again.
+    """
+    in_bucket = queues.in_bucket_count(conn, table)
+    share = 100 * changed / max(in_bucket, 1)
+    if changed <= MASS_CHANGE_MIN_FILES or share <= settings.max_change_percent:
+        return None
+    sample = ", ".join(_shorten(path) for path in queues.changed_sample(conn, CHANGED_SHOWN))
+    return (
+        f"{changed} of {in_bucket} backed-up files ({share:.0f}%) changed since the last run, "
+        f"more than backup.max_change_percent ({settings.max_change_percent}%); none of them "
+        "is uploaded this run (new files are). This may be ransomware (files encrypted in "
+        "place): open a few of them. If the changes are genuine, run once with "
+        f"--allow-mass-change. Changed, e.g.: {sample}"
+    )
+
+
+def _slow_change_warning(
+    conn: Connection, settings: Settings, table: str, source: str, report: FolderReport
+) -> str | None:
+    """The rolling 7-day count of changed and deleted files passed the share, this run.
+
+    Said once per crossing: only by the run that takes the total from at or below
+    ``backup.max_change_percent`` to above it, not every night while it stays above.
+    """
+    this_run = report.changed_uploaded + report.deleted
+    if this_run == 0:
+        return None
+    in_bucket = queues.in_bucket_count(conn, table)
+    before = records.changes_since(conn, source, int(time.time()) - CHANGE_WINDOW_SECONDS)
+    total = before + this_run
+    limit = settings.max_change_percent
+
+    def over(count: int) -> bool:
+        return count > MASS_CHANGE_MIN_FILES and 100 * count / max(in_bucket, 1) > limit
+
+    if not over(total) or over(before):
+        return None
+    return (
+        f"{total} of {in_bucket} files ({100 * total / max(in_bucket, 1):.0f}%) were changed "
+        f"or deleted in the last 7 days ({this_run} by this run), more than "
+        f"backup.max_change_percent ({limit}%). A slow attack (files encrypted a few each "
+        "night) looks like this: check the recently changed files (matricula-backup history "
+        "shows the runs). Told once, when the 7-day total passes the share"
+    )
+
+
+def _shorten(path: str, limit: int = 60) -> str:
+    return path if len(path) <= limit else path[: limit - 1] + "…"

@@ -210,6 +210,7 @@ def finish_run(conn: Connection, run_id: int, report: RunReport, outcome: str) -
                     "files_excluded": entry.excluded,
                     "errors": entry.errors,
                     "s3_requests": entry.s3_requests,
+                    "files_changed": entry.changed_uploaded,
                 }
                 for entry in report.folders
             ],
@@ -223,6 +224,17 @@ def finish_run(conn: Connection, run_id: int, report: RunReport, outcome: str) -
     if oldest_kept is not None:
         conn.execute(delete(problems).where(problems.c.run_id < oldest_kept))
     conn.commit()
+
+
+def changes_since(conn: Connection, folder: str, since: int) -> int:
+    """Files of ``folder`` changed (new versions) or deleted by the runs started since then."""
+    changed = run_folders.c.files_changed + run_folders.c.files_deleted
+    total = conn.execute(
+        select(func.coalesce(func.sum(changed), 0))
+        .select_from(run_folders.join(runs, runs.c.id == run_folders.c.run_id))
+        .where(run_folders.c.folder == folder, runs.c.started_at >= since)
+    ).scalar_one()
+    return int(total)
 
 
 def drop_files_tables(conn: Connection, paths: list[str] | None = None) -> list[str]:

@@ -93,6 +93,9 @@ run_folders = Table(
     Column("files_excluded", Integer, nullable=False, server_default=text("0")),
     Column("errors", Integer, nullable=False, server_default=text("0")),
     Column("s3_requests", Integer, nullable=False, server_default=text("0")),
+    # New versions of files that had one (not new files): with files_deleted, the
+    # rolling 7-day count of the mass change guard.
+    Column("files_changed", Integer, nullable=False, server_default=text("0")),
     Index("ix_run_folders_run_id", "run_id"),
 )
 
