@@ -31,6 +31,7 @@ from matricula_backup.errors import (
     FatalError,
     LockHeld,
 )
+from matricula_backup.escape import printable
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
@@ -330,7 +331,7 @@ def verify(
     for finding in report.findings:
         logger.warning("%s", finding)
     for finding in report.findings[: SHOWN_PROBLEMS * 5]:
-        typer.echo(f"finding: {finding}")
+        typer.echo(f"finding: {printable(str(finding))}")  # keys come from the bucket
     typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
     raise typer.Exit(EXIT_WITH_ERRORS if report.findings else EXIT_OK)
 
@@ -414,7 +415,7 @@ def check_config(cache: CacheOption = None) -> None:
         bucket = recorded.get(str(folder.path)) or bucket_name(folder.path, settings.bucket_prefix)
         typer.echo(f"{folder.path} ({folder.source}) -> bucket {bucket}{state}")
     for problem in problems:
-        typer.echo(f"problem: {problem.message}", err=True)
+        typer.echo(f"problem: {printable(problem.message)}", err=True)
     missing = [folder for folder in folders if not folder.path.is_dir()]
     webhook = redact_url(settings.webhook) if settings.webhook else "none (errors are only logged)"
     typer.echo(f"config.json is valid: {len(folders)} backup folders, webhook {webhook}")

@@ -218,9 +218,7 @@ def upload_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[Up
         "",
         batch_size,
     ):
-        yield [
-            UploadItem(row[1], row[2], row[3], row[4], row[5], bool(row[6])) for row in rows
-        ]
+        yield [UploadItem(row[1], row[2], row[3], row[4], row[5], bool(row[6])) for row in rows]
 
 
 def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[str]]:

@@ -10,6 +10,8 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
+from matricula_backup.escape import printable
+
 logger = logging.getLogger(__name__)
 
 # A night when the network is down could fail a million uploads: all are counted
@@ -27,8 +29,9 @@ class Problem:
     path: str | None = None  # the file or directory concerned, if any
 
     def __str__(self) -> str:
+        """One line, whatever the file name holds (escape.py)."""
         where = self.path or self.folder
-        return f"{self.operation}: {where}: {self.message}"
+        return f"{self.operation}: {printable(where)}: {printable(self.message)}"
 
 
 @dataclass
@@ -118,15 +121,16 @@ def human_bytes(count: int) -> str:
 def folder_line(report: FolderReport, dry_run: bool) -> str:
     """One line per backup folder, for stdout and the log."""
     excluded = f"; {report.excluded} excluded by backup.exclude" if report.excluded else ""
+    folder = printable(report.folder)  # a subfolder of a root: named by whoever made it
     if dry_run:
         return (
-            f"{report.folder} -> s3://{report.bucket}: would upload {report.to_upload} files "
+            f"{folder} -> s3://{report.bucket}: would upload {report.to_upload} files "
             f"({human_bytes(report.bytes_to_upload)}), would delete {report.to_delete} files "
             f"({human_bytes(report.bytes_to_delete)}); {report.files_seen} files "
             f"({human_bytes(report.bytes_seen)}) on disk{excluded}"
         )
     line = (
-        f"{report.folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
+        f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
         f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"
         f"{report.to_delete}; {report.files_seen} files ({human_bytes(report.bytes_seen)}) "
         f"on disk{excluded}"

@@ -326,30 +326,46 @@ def _mass_change_refusal(
 def _slow_change_warning(
     conn: Connection, settings: Settings, table: str, source: str, report: FolderReport
 ) -> str | None:
-    """The rolling 7-day count of changed and deleted files passed the share, this run.
+    """The files changed, or deleted, in the last 7 days passed the guard's share this run.
 
-    Said once per crossing: only by the run that takes the total from at or below
-    ``backup.max_change_percent`` to above it, not every night while it stays above.
+    Changes are measured against ``backup.max_change_percent``, deletions against
+    ``backup.max_delete_percent``, of the files in the bucket before this run's
+    deletions. A single run cannot cross alone (its own guards hold it back), so
+    a crossing is a slow change. Said once per crossing: only by the run that takes
+    a total from at or below its share to above it, not every night it stays above.
     """
-    this_run = report.changed_uploaded + report.deleted
-    if this_run == 0:
+    if report.changed_uploaded == 0 and report.deleted == 0:
         return None
-    in_bucket = queues.in_bucket_count(conn, table)
-    before = records.changes_since(conn, source, int(time.time()) - CHANGE_WINDOW_SECONDS)
-    total = before + this_run
-    limit = settings.max_change_percent
+    in_bucket = queues.in_bucket_count(conn, table) + report.deleted
+    changed, deleted = records.changes_since(conn, source, int(time.time()) - CHANGE_WINDOW_SECONDS)
 
-    def over(count: int) -> bool:
-        return count > MASS_CHANGE_MIN_FILES and 100 * count / max(in_bucket, 1) > limit
+    def crossed(before: int, this_run: int, limit: int) -> bool:
+        def over(count: int) -> bool:
+            return count > MASS_CHANGE_MIN_FILES and 100 * count / max(in_bucket, 1) > limit
 
-    if not over(total) or over(before):
+        return over(before + this_run) and not over(before)
+
+    found = []
+    if crossed(changed, report.changed_uploaded, settings.max_change_percent):
+        total = changed + report.changed_uploaded
+        found.append(
+            f"{total} of {in_bucket} files ({100 * total / max(in_bucket, 1):.0f}%) got new "
+            f"versions in the last 7 days ({report.changed_uploaded} by this run), more than "
+            f"backup.max_change_percent ({settings.max_change_percent}%)"
+        )
+    if crossed(deleted, report.deleted, settings.max_delete_percent):
+        total = deleted + report.deleted
+        found.append(
+            f"{total} of {in_bucket} files ({100 * total / max(in_bucket, 1):.0f}%) were deleted "
+            f"in the last 7 days ({report.deleted} by this run), more than "
+            f"backup.max_delete_percent ({settings.max_delete_percent}%)"
+        )
+    if not found:
         return None
     return (
-        f"{total} of {in_bucket} files ({100 * total / max(in_bucket, 1):.0f}%) were changed "
-        f"or deleted in the last 7 days ({this_run} by this run), more than "
-        f"backup.max_change_percent ({limit}%). A slow attack (files encrypted a few each "
-        "night) looks like this: check the recently changed files (matricula-backup history "
-        "shows the runs). Told once, when the 7-day total passes the share"
+        "; ".join(found) + ". A slow attack (files encrypted or removed a few each night) "
+        "looks like this: check the recently changed files (matricula-backup history shows "
+        "the runs). Told once, when the 7-day total passes the share"
     )
 
 

@@ -129,7 +129,7 @@ def test_a_few_changes_a_night_are_told_once_when_the_week_passes_the_share(
     assert night(range(0, 8), "1") == (0, "")
     code, stderr = night(range(8, 16), "2")
     assert code == 1
-    assert "16 of 40 files (40%) were changed or deleted in the last 7 days" in stderr
+    assert "16 of 40 files (40%) got new versions in the last 7 days (8 by this run)" in stderr
     cards = _cards(httpserver)
     assert len(cards) == 1 and "16 of 40 files" in cards[0]
     assert night(range(16, 24), "3") == (0, "")  # still above: not told every night
@@ -142,6 +142,21 @@ def test_a_few_changes_a_night_are_told_once_when_the_week_passes_the_share(
     code, stderr = night(range(32, 40), "5")
     assert code == 1 and "16 of 40 files (40%)" in stderr
     assert len(_cards(httpserver)) == 2
+
+
+def test_a_few_deletions_a_night_are_told_when_the_week_passes_the_delete_share(
+    setup: Setup, httpserver: Any
+) -> None:
+    folder = _folder_of_40(setup, httpserver)
+    for night, numbers in enumerate((range(0, 8), range(8, 16)), start=1):
+        for number in numbers:
+            (folder / f"{number:02d}.tif").unlink()
+        result = setup.run()
+        assert "deleted 8/8" in result.stdout, result.stdout + result.stderr
+        assert result.returncode == (0 if night == 1 else 1)
+    assert "16 of 32 files (50%) were deleted in the last 7 days" in result.stderr
+    assert "backup.max_delete_percent (20%)" in result.stderr
+    assert len(_cards(httpserver)) == 1
 
 
 def test_max_change_percent_is_configurable(setup: Setup, httpserver: Any) -> None:

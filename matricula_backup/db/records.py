@@ -226,15 +226,17 @@ def finish_run(conn: Connection, run_id: int, report: RunReport, outcome: str) -
     conn.commit()
 
 
-def changes_since(conn: Connection, folder: str, since: int) -> int:
-    """Files of ``folder`` changed (new versions) or deleted by the runs started since then."""
-    changed = run_folders.c.files_changed + run_folders.c.files_deleted
-    total = conn.execute(
-        select(func.coalesce(func.sum(changed), 0))
+def changes_since(conn: Connection, folder: str, since: int) -> tuple[int, int]:
+    """Files of ``folder`` changed (new versions) and deleted by the runs started since then."""
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(run_folders.c.files_changed), 0),
+            func.coalesce(func.sum(run_folders.c.files_deleted), 0),
+        )
         .select_from(run_folders.join(runs, runs.c.id == run_folders.c.run_id))
         .where(run_folders.c.folder == folder, runs.c.started_at >= since)
-    ).scalar_one()
-    return int(total)
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 def drop_files_tables(conn: Connection, paths: list[str] | None = None) -> list[str]:
