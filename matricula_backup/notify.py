@@ -52,7 +52,7 @@ def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
         {
             "type": "TextBlock",
             "wrap": True,
-            "text": "\n".join(f"- {printable(f)}" for f in failing[:20]),
+            "text": "\n".join(f"- {_card_text(f)}" for f in failing[:20]),
         },
         {"type": "TextBlock", "weight": "Bolder", "wrap": True, "text": "First errors"},
     ]
@@ -64,7 +64,7 @@ def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
                 "spacing": "Small",
                 "fontType": "Monospace",
                 "size": "Small",
-                "text": str(problem)[:500],
+                "text": _card_text(str(problem))[:500],
             }
         )
     more = report.error_count - MAX_LISTED_ERRORS
@@ -122,6 +122,12 @@ def test_card(hostname: str, config_path: Path) -> dict[str, Any]:
             },
         ]
     )
+
+
+def _card_text(text: str) -> str:
+    """Untrusted text (file names) for a TextBlock: escaped, and no Markdown link, which
+    a file named "[Log in again](https://...)" would otherwise put in the channel."""
+    return printable(text).replace("](", "]\u200b(")
 
 
 def _title(text: str, color: str) -> dict[str, Any]:

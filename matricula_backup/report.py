@@ -122,12 +122,17 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
     """One line per backup folder, for stdout and the log."""
     excluded = f"; {report.excluded} excluded by backup.exclude" if report.excluded else ""
     folder = printable(report.folder)  # a subfolder of a root: named by whoever made it
+    held = (
+        f"; {report.changes_held} changed files held back (mass change guard)"
+        if report.changes_held
+        else ""
+    )
     if dry_run:
         return (
             f"{folder} -> s3://{report.bucket}: would upload {report.to_upload} files "
             f"({human_bytes(report.bytes_to_upload)}), would delete {report.to_delete} files "
             f"({human_bytes(report.bytes_to_delete)}); {report.files_seen} files "
-            f"({human_bytes(report.bytes_seen)}) on disk{excluded}"
+            f"({human_bytes(report.bytes_seen)}) on disk{excluded}{held}"
         )
     line = (
         f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
@@ -139,8 +144,7 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
         line += f"; {report.already_in_bucket} found already in the bucket"
     if report.same_content:
         line += f"; {report.same_content} only touched (same bytes, not uploaded again)"
-    if report.changes_held:
-        line += f"; {report.changes_held} changed files held back (mass change guard)"
+    line += held
     if report.errors:
         line += f"; {report.errors} errors"
     return line

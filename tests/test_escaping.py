@@ -12,13 +12,16 @@ import os
 import shutil
 import stat
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from matricula_backup import notify
 from matricula_backup.escape import printable, redact
+from matricula_backup.report import Problem, RunReport
 from tests.conftest import CLI, Setup
 
 NOBODY = 65534
@@ -43,6 +46,18 @@ def test_redact_removes_sig_however_it_is_written() -> None:
     assert redact("design=blue") == "design=blue"
 
 
+def test_a_file_name_cannot_put_a_link_or_a_new_line_in_the_card() -> None:
+    report = RunReport(hostname="imageserver")
+    name = "/images/[Log in again](https://evil.example)\n- all good.tif"
+    report.add_problem(Problem("/images", "upload", "cannot read", name))
+
+    card = notify.failure_card(report, Path("/var/lib/mb/matricula-backup.log"))
+
+    texts = _strings(card)
+    assert not [text for text in texts if "](" in text or "\n- all good" in text]
+    assert any("[Log in again]\u200b(https://evil.example)\\n- all good.tif" in t for t in texts)
+
+
 def test_a_webhook_that_echoes_its_url_never_puts_sig_in_the_log(
     setup: Setup, httpserver: Any
 ) -> None:
@@ -57,7 +72,8 @@ def test_a_webhook_that_echoes_its_url_never_puts_sig_in_the_log(
     test = setup.run("notify-test")
 
     assert run.returncode == 1 and test.returncode == 1
-    assert len(httpserver.log) == 2  # the server did get both, and answered with the URL
+    posted = [r for r, _ in httpserver.log if r.path == "/workflows/abc/invoke"]
+    assert len(posted) == 2  # the server did get both, and answered with the URL
     log = (setup.cache / "matricula-backup.log").read_text()
     assert "was refused: HTTP 400 Bad request to" in log
     for text in (log, run.stdout, run.stderr, test.stdout, test.stderr):
@@ -126,9 +142,10 @@ def test_file_names_cannot_forge_a_log_line_or_reach_the_terminal(
     for text in (result.stdout, result.stderr):
         assert "\x1b" not in text and "\n2026-11-27 01:00:00" not in text
     # The card: the same escaped names.
-    card = json.dumps(httpserver.log[0][0].get_json())
+    (posted,) = [r.get_json() for r, _ in httpserver.log if r.path == "/hook"]
+    card = json.dumps(posted)
     assert json.dumps(forged_shown)[1:-1] in card and json.dumps(clear_shown)[1:-1] in card
-    texts = _strings(httpserver.log[0][0].get_json())
+    texts = _strings(posted)
     assert not [t for t in texts if "\x1b" in t or "\n2026-11-27" in t]
 
 

@@ -69,7 +69,8 @@ problems = Table(
     Column("id", Integer, primary_key=True),
     Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     Column("folder", Text, nullable=False),
-    Column("operation", Text, nullable=False),  # config | scan | bucket | upload | delete | notify
+    # config | scan | bucket | upload | delete | change (mass change guard) | notify
+    Column("operation", Text, nullable=False),
     Column("path", Text),
     Column("message", Text, nullable=False),
     Index("ix_problems_run_id", "run_id"),
