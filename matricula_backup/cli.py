@@ -285,7 +285,7 @@ def restore(
         logger.error("interrupted; run the same command again to go on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     for line in restore_lines(report, options):
-        typer.echo(line)
+        typer.echo(printable(line))  # names from the bucket
         logger.info("%s", line)
     for problem in report.problems[:SHOWN_PROBLEMS]:
         typer.echo(f"error: {problem}", err=True)
@@ -323,7 +323,7 @@ def verify(
             report = run_verify(settings, deep)
     for check in report.folders:
         typer.echo(
-            f"{check.folder} -> s3://{check.bucket}: {check.rows} files in state.db, "
+            f"{printable(check.folder)} -> s3://{check.bucket}: {check.rows} files in state.db, "
             f"{check.objects} objects in the bucket"
             + (f", {check.checked_checksums} checksums checked" if deep else "")
             + (f"; {check.requeued} queued for upload" if check.requeued else "")
@@ -354,7 +354,7 @@ def status(
         typer.echo(json.dumps(asdict(current), indent=2))
     else:
         for line in status_lines(current):
-            typer.echo(line)
+            typer.echo(printable(line))
 
 
 @app.command()
@@ -374,7 +374,7 @@ def history(
         typer.echo(json.dumps([asdict(run) for run in runs], indent=2))
     else:
         for line in history_lines(runs):
-            typer.echo(line)
+            typer.echo(printable(line))
 
 
 @app.command()
@@ -413,7 +413,7 @@ def check_config(cache: CacheOption = None) -> None:
     for folder in folders:
         state = "" if folder.path.is_dir() else "  (missing: not mounted?)"
         bucket = recorded.get(str(folder.path)) or bucket_name(folder.path, settings.bucket_prefix)
-        typer.echo(f"{folder.path} ({folder.source}) -> bucket {bucket}{state}")
+        typer.echo(f"{printable(str(folder.path))} ({folder.source}) -> bucket {bucket}{state}")
     for problem in problems:
         typer.echo(f"problem: {printable(problem.message)}", err=True)
     missing = [folder for folder in folders if not folder.path.is_dir()]

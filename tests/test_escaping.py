@@ -172,3 +172,6 @@ def test_a_root_subfolder_with_a_newline_is_one_line_of_output(setup: Setup) -> 
     assert (
         len([line for line in lines if "Band\\n2026-11-27 01:00:00 INFO x -> s3://" in line]) == 1
     )
+    checked = setup.run("check-config").stdout.splitlines()
+    assert not [line for line in checked if line.startswith("2026-11-27")]
+    assert len([line for line in checked if "Band\\n2026-11-27 01:00:00 INFO x (" in line]) == 1
