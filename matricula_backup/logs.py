@@ -2,10 +2,12 @@
 
 Several commands may write the same log at once (a backup and a restore, a
 dry run next to the nightly run): ``SharedLogFile`` appends each line with
-one ``write`` under an ``flock`` on ``log.lock``, reopens the file when
-another process has rotated it, and rotates only under that lock, so no line
-is lost, doubled or cut into another (``logging.handlers.RotatingFileHandler``
-does not support several processes).
+one ``write`` under an ``flock`` on the cache directory itself, reopens the
+file when another process has rotated it, and rotates only under that lock,
+so no line is lost, doubled or cut into another
+(``logging.handlers.RotatingFileHandler`` does not support several processes).
+The directory, not a lock file: any user who may use the cache directory can
+open it, whoever ran the first command there.
 
 Every line is escaped (``escape.printable``: a file name cannot forge a log
 line) and redacted (``escape.redact``: a webhook's ``sig=`` never lands here).
@@ -25,7 +27,6 @@ from typing import TypeAlias
 from matricula_backup.escape import printable, redact
 
 LOG_NAME = "matricula-backup.log"
-LOG_LOCK_NAME = "log.lock"
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 5  # 60 MB at most, whatever the number of nightly runs
 # Rotation size in bytes instead of LOG_MAX_BYTES (README, "The log").
@@ -57,16 +58,16 @@ class SharedLogFile(logging.Handler):
     """Append to ``path``, rotating at ``max_bytes`` into ``path.1`` ... ``path.N``.
 
     Safe across processes: each record is one ``write`` (O_APPEND) made while
-    holding an exclusive ``flock`` on ``lock_path``, after checking that
-    ``path`` is still the file this process has open.
+    holding an exclusive ``flock`` on the directory of ``path``, after checking
+    that ``path`` is still the file this process has open.
     """
 
-    def __init__(self, path: Path, lock_path: Path, max_bytes: int, backups: int) -> None:
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         super().__init__()
         self.path = path
         self.max_bytes = max_bytes
         self.backups = max(backups, 1)
-        self.lock_fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self.lock_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             self.fd = self._open()
         except OSError:
@@ -154,7 +155,7 @@ def setup_logging(cache_dir: Path | None, verbose: bool = False) -> Path | None:
     path = cache_dir / LOG_NAME
     max_bytes, bad_setting = log_max_bytes()
     try:
-        handler = SharedLogFile(path, cache_dir / LOG_LOCK_NAME, max_bytes, LOG_BACKUPS)
+        handler = SharedLogFile(path, max_bytes, LOG_BACKUPS)
     except OSError as exc:
         logging.getLogger(__name__).warning("cannot write the log file %s: %s", path, exc)
         return None
