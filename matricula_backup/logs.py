@@ -68,6 +68,9 @@ class SharedLogFile(logging.Handler):
         self.max_bytes = max_bytes
         self.backups = max(backups, 1)
         self.lock_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        # Some network file systems refuse flock on a directory: then lines are still
+        # appended whole (O_APPEND), only rotation is not coordinated.
+        self.locking = True
         try:
             self.fd = self._open()
         except OSError:
@@ -80,7 +83,7 @@ class SharedLogFile(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+            self._lock(fcntl.LOCK_EX)
             try:
                 size = self._current_size()
                 if self.max_bytes and size and size + len(data) > self.max_bytes:
@@ -89,9 +92,16 @@ class SharedLogFile(logging.Handler):
                 while view:
                     view = view[os.write(self.fd, view) :]
             finally:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+                self._lock(fcntl.LOCK_UN)
         except Exception:
             self.handleError(record)
+
+    def _lock(self, operation: int) -> None:
+        if self.locking:
+            try:
+                fcntl.flock(self.lock_fd, operation)
+            except OSError:
+                self.locking = False
 
     def _current_size(self) -> int:
         """Size of the log at ``path``; reopened first if another process rotated it."""
