@@ -38,6 +38,7 @@ from matricula_backup.errors import (
     FatalError,
     LockHeld,
 )
+from matricula_backup.escape import printable
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
@@ -118,6 +119,15 @@ def backup(
             "looks like an unmounted share).",
         ),
     ] = False,
+    allow_mass_change: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-change",
+            help="Upload changed files even when more than backup.max_change_percent of a "
+            "folder's files changed since the last run (normally held back: it looks like "
+            "ransomware encrypting files in place).",
+        ),
+    ] = False,
     quiet: Annotated[
         bool,
         typer.Option(
@@ -155,6 +165,7 @@ def backup(
             dry_run=dry_run,
             reset=reset,
             allow_mass_delete=allow_mass_delete,
+            allow_mass_change=allow_mass_change,
             only=tuple(Path(os.path.normpath(path.absolute())) for path in folder or ()),
         )
         if dry_run:
@@ -320,7 +331,7 @@ def restore(
         logger.error("interrupted; run the same command again to go on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
     for line in restore_lines(report, options):
-        typer.echo(line)
+        typer.echo(printable(line))  # names from the bucket
         logger.info("%s", line)
     for problem in report.problems[:SHOWN_PROBLEMS]:
         typer.echo(f"error: {problem}", err=True)
@@ -364,7 +375,7 @@ def verify(
             report = run_verify(settings, deep)
     for check in [] if quiet else report.folders:
         typer.echo(
-            f"{check.folder} -> s3://{check.bucket}: {check.rows} files in state.db, "
+            f"{printable(check.folder)} -> s3://{check.bucket}: {check.rows} files in state.db, "
             f"{check.objects} objects in the bucket"
             + (f", {check.checked_checksums} checksums checked" if deep else "")
             + (f"; {check.requeued} queued for upload" if check.requeued else "")
@@ -372,7 +383,7 @@ def verify(
     for finding in report.findings:
         logger.warning("%s", finding)
     for finding in report.findings[: SHOWN_PROBLEMS * 5]:
-        typer.echo(f"finding: {finding}")
+        typer.echo(f"finding: {printable(str(finding))}")  # keys come from the bucket
     if not quiet or report.findings:
         typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
     if report.findings:  # the weekly verify runs unattended: tell Teams, as a run would
@@ -400,7 +411,7 @@ def status(
         typer.echo(json.dumps(asdict(current), indent=2))
     else:
         for line in status_lines(current):
-            typer.echo(line)
+            typer.echo(printable(line))
 
 
 @app.command()
@@ -420,7 +431,7 @@ def history(
         typer.echo(json.dumps([asdict(run) for run in runs], indent=2))
     else:
         for line in history_lines(runs):
-            typer.echo(line)
+            typer.echo(printable(line))
 
 
 @app.command()
@@ -459,9 +470,9 @@ def check_config(cache: CacheOption = None) -> None:
     for folder in folders:
         state = "" if folder.path.is_dir() else "  (missing: not mounted?)"
         bucket = recorded.get(str(folder.path)) or bucket_name(folder.path, settings.bucket_prefix)
-        typer.echo(f"{folder.path} ({folder.source}) -> bucket {bucket}{state}")
+        typer.echo(f"{printable(str(folder.path))} ({folder.source}) -> bucket {bucket}{state}")
     for problem in problems:
-        typer.echo(f"problem: {problem.message}", err=True)
+        typer.echo(f"problem: {printable(problem.message)}", err=True)
     if settings.object_lock is not None:
         for line in _object_lock_advice(cache, settings.object_lock):
             typer.echo(line)

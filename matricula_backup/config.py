@@ -32,6 +32,7 @@ DEFAULT_PART_SIZE_MB = 128
 DEFAULT_MULTIPART_THRESHOLD_MB = 128
 DEFAULT_WORKERS = 8
 DEFAULT_MAX_DELETE_PERCENT = 20
+DEFAULT_MAX_CHANGE_PERCENT = 20
 DEFAULT_RETRY_MODE = "standard"
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_STUCK_AFTER_HOURS = 72
@@ -49,6 +50,7 @@ _ALLOWED: dict[str, set[str]] = {
         "exclude",
         "max_bandwidth",
         "object_lock",
+        "max_change_percent",
     },
     "notification": {"webhook", "on_success", "stuck_after_hours"},
     "pricing": Prices.keys(),
@@ -109,6 +111,8 @@ class Settings:
     max_delete_percent: int = DEFAULT_MAX_DELETE_PERCENT
     exclude: tuple[str, ...] = ()  # glob patterns, see exclude.py
     max_bandwidth: int | None = None  # bytes per second for all uploads together
+    # Mass change guard (run.py): a larger share of changed files is held back.
+    max_change_percent: int = DEFAULT_MAX_CHANGE_PERCENT
     webhook: str | None = field(default=None, repr=False)
     notify_on_success: bool = False
     # A run that cannot start because the lock has been held this long tells Teams.
@@ -223,6 +227,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         workers=_int(backup, "workers", DEFAULT_WORKERS, 1, 64),
         exclude=_patterns(backup),
         max_bandwidth=_bandwidth(backup),
+        max_change_percent=_int(backup, "max_change_percent", DEFAULT_MAX_CHANGE_PERCENT, 0, 100),
         max_delete_percent=_int(backup, "max_delete_percent", DEFAULT_MAX_DELETE_PERCENT, 0, 100),
         part_size=part_size,
         multipart_threshold=threshold,
@@ -404,6 +409,7 @@ def template() -> dict[str, Any]:
             "exclude": [],
             "max_bandwidth": None,
             "object_lock": None,
+            "max_change_percent": DEFAULT_MAX_CHANGE_PERCENT,
         },
         "notification": {
             "webhook": None,

@@ -15,10 +15,12 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
 from matricula_backup.config import redact_url
+from matricula_backup.escape import REDACTED, printable, redact
 from matricula_backup.report import RunReport, human_bytes
 
 logger = logging.getLogger(__name__)
@@ -47,7 +49,11 @@ def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
         _title(f"Matricula backup on {report.hostname}: {report.error_count} errors", "Attention"),
         {"type": "FactSet", "facts": facts},
         {"type": "TextBlock", "weight": "Bolder", "wrap": True, "text": "Folders with errors"},
-        {"type": "TextBlock", "wrap": True, "text": "\n".join(f"- {f}" for f in failing[:20])},
+        {
+            "type": "TextBlock",
+            "wrap": True,
+            "text": "\n".join(f"- {_card_text(f)}" for f in failing[:20]),
+        },
         {"type": "TextBlock", "weight": "Bolder", "wrap": True, "text": "First errors"},
     ]
     for problem in report.problems[:MAX_LISTED_ERRORS]:
@@ -58,7 +64,7 @@ def failure_card(report: RunReport, log_path: Path) -> dict[str, Any]:
                 "spacing": "Small",
                 "fontType": "Monospace",
                 "size": "Small",
-                "text": str(problem)[:500],
+                "text": _card_text(str(problem))[:500],
             }
         )
     more = report.error_count - MAX_LISTED_ERRORS
@@ -118,6 +124,12 @@ def test_card(hostname: str, config_path: Path) -> dict[str, Any]:
     )
 
 
+def _card_text(text: str) -> str:
+    """Untrusted text (file names) for a TextBlock: escaped, and no Markdown link, which
+    a file named "[Log in again](https://...)" would otherwise put in the channel."""
+    return printable(text).replace("](", "]\u200b(")
+
+
 def _title(text: str, color: str) -> dict[str, Any]:
     return {
         "type": "TextBlock",
@@ -167,7 +179,21 @@ def send(webhook: str, payload: dict[str, Any], timeout: float = TIMEOUT_SECONDS
     if response.status_code == 202 or (response.status_code == 200 and text in ("", "1")):
         logger.info("Teams notification sent to %s", where)
         return True
+    # The answer may echo the URL with its sig= (a credential): never log it.
     logger.error(
-        "Teams notification to %s was refused: HTTP %d %s", where, response.status_code, text[:200]
+        "Teams notification to %s was refused: HTTP %d %s",
+        where,
+        response.status_code,
+        _without_secret(text, webhook)[:200],
     )
     return False
+
+
+def _without_secret(text: str, webhook: str) -> str:
+    """A webhook's answer without the URL's query values, however they are encoded."""
+    for pair in urlsplit(webhook).query.split("&"):
+        raw = pair.partition("=")[2]
+        if len(raw) >= 8:  # api-version=1 is no secret, and would blank out digits
+            for form in sorted({raw, unquote(raw), quote(unquote(raw), safe="")}, key=len)[::-1]:
+                text = text.replace(form, REDACTED)
+    return printable(redact(text))

@@ -35,6 +35,7 @@ class QueueSizes:
     delete_bytes: int
     forget: int  # rows of vanished files that never reached the bucket
     new: int  # uploads that are new files (the rest are changed or retried)
+    changed: int = 0  # of them: backed-up files whose size or mtime changed
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class UploadItem:
     mtime_ns: int
     reason: str  # new, changed size, changed mtime, retry
     in_bucket_sha256: bytes | None  # of the bucket's latest version, if recorded
+    changed: bool = False  # was backed up, size or mtime differ now (mass change guard)
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
                     ELSE 'retry after ' || f.state END AS reason,
                -- Only a confirmed row says what the bucket's latest version holds: after
                -- a change, an unconfirmed upload of other bytes may have landed.
-               CASE WHEN f.state = '{BACKED_UP}' THEN f.sha256 END AS in_bucket_sha256
+               CASE WHEN f.state = '{BACKED_UP}' THEN f.sha256 END AS in_bucket_sha256,
+               -- Backed up, and size or mtime differ now: what the mass change guard counts.
+               coalesce(f.state = '{BACKED_UP}', 0) AS is_changed
         FROM temp.scan AS s LEFT JOIN "{table}" AS f ON f.path = s.path
         WHERE f.path IS NULL OR f.state != '{BACKED_UP}'
            OR f.size != s.size OR f.mtime_ns != s.mtime_ns
@@ -108,7 +112,8 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
         ORDER BY f.path"""
     )
     up = conn.exec_driver_sql(
-        "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(is_new), 0) FROM temp.upload_queue"
+        "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(is_new), 0), "
+        "coalesce(sum(is_changed), 0) FROM temp.upload_queue"
     ).one()
     down = conn.exec_driver_sql(
         "SELECT coalesce(sum(in_bucket), 0), coalesce(sum(size * in_bucket), 0), "
@@ -118,6 +123,7 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
         uploads=up[0],
         upload_bytes=up[1],
         new=up[2],
+        changed=up[3],
         deletes=down[0],
         delete_bytes=down[1],
         forget=down[2],
@@ -131,6 +137,27 @@ def in_bucket_count(conn: Connection, table: str) -> int:
             f'SELECT count(*) FROM "{table}" WHERE uploaded_at IS NOT NULL'
         ).scalar_one()
     )
+
+
+def changed_sample(conn: Connection, limit: int) -> list[str]:
+    """The first changed files of ``upload_queue`` (paths relative to the folder)."""
+    rows = conn.exec_driver_sql(
+        "SELECT path FROM temp.upload_queue WHERE is_changed ORDER BY rowid LIMIT ?", (limit,)
+    ).all()
+    return [row[0] for row in rows]
+
+
+def hold_changed(conn: Connection) -> tuple[int, int]:
+    """Take the changed files out of ``upload_queue`` (the mass change guard refused them).
+
+    Their rows keep the size and mtime of the last confirmed upload, so the next
+    run sees them changed again. Returns what is left to upload: (files, bytes).
+    """
+    conn.exec_driver_sql("DELETE FROM temp.upload_queue WHERE is_changed")
+    left = conn.exec_driver_sql(
+        "SELECT count(*), coalesce(sum(size), 0) FROM temp.upload_queue"
+    ).one()
+    return int(left[0]), int(left[1])
 
 
 def apply_scan(conn: Connection, table: str) -> None:
@@ -187,12 +214,12 @@ def upload_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[Up
     """Stream ``upload_queue`` in path order, a batch at a time."""
     for rows in _pages(
         conn,
-        "rowid, path, size, mtime_ns, reason, in_bucket_sha256",
+        "rowid, path, size, mtime_ns, reason, in_bucket_sha256, is_changed",
         "temp.upload_queue",
         "",
         batch_size,
     ):
-        yield [UploadItem(row[1], row[2], row[3], row[4], row[5]) for row in rows]
+        yield [UploadItem(row[1], row[2], row[3], row[4], row[5], bool(row[6])) for row in rows]
 
 
 def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[str]]:

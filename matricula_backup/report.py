@@ -10,6 +10,8 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
+from matricula_backup.escape import printable
+
 logger = logging.getLogger(__name__)
 
 # A night when the network is down could fail a million uploads: all are counted
@@ -27,8 +29,9 @@ class Problem:
     path: str | None = None  # the file or directory concerned, if any
 
     def __str__(self) -> str:
+        """One line, whatever the file name holds (escape.py)."""
         where = self.path or self.folder
-        return f"{self.operation}: {where}: {self.message}"
+        return f"{self.operation}: {printable(where)}: {printable(self.message)}"
 
 
 @dataclass
@@ -49,6 +52,8 @@ class FolderReport:
     already_in_bucket: int = 0  # matched by a --reset against the bucket listing
     same_content: int = 0  # mtime changed, bytes equal to the bucket's: not uploaded
     excluded: int = 0  # files and folders matched by backup.exclude
+    changed_uploaded: int = 0  # new versions of files that had one (the 7-day change count)
+    changes_held: int = 0  # changed files the mass change guard did not upload
     s3_requests: int = 0
     started_at: int = 0
     finished_at: int = 0
@@ -127,16 +132,22 @@ def human_bytes(count: int) -> str:
 def folder_line(report: FolderReport, dry_run: bool) -> str:
     """One line per backup folder, for stdout and the log."""
     excluded = f"; {report.excluded} excluded by backup.exclude" if report.excluded else ""
+    folder = printable(report.folder)  # a subfolder of a root: named by whoever made it
+    held = (
+        f"; {report.changes_held} changed files held back (mass change guard)"
+        if report.changes_held
+        else ""
+    )
     if dry_run:
         return (
-            f"{report.folder} -> s3://{report.bucket}: would upload {report.to_upload} files "
+            f"{folder} -> s3://{report.bucket}: would upload {report.to_upload} files "
             f"({human_bytes(report.bytes_to_upload)}), would delete {report.to_delete} files "
             f"({human_bytes(report.bytes_to_delete)}); {report.files_seen} files "
-            f"({human_bytes(report.bytes_seen)}) on disk{excluded}"
+            f"({human_bytes(report.bytes_seen)}) on disk{excluded}{held}"
             + (f"; would extend Object Lock on {report.to_extend}" if report.to_extend else "")
         )
     line = (
-        f"{report.folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
+        f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
         f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"
         f"{report.to_delete}; {report.files_seen} files ({human_bytes(report.bytes_seen)}) "
         f"on disk{excluded}"
@@ -147,6 +158,7 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
         line += f"; {report.same_content} only touched (same bytes, not uploaded again)"
     if report.to_extend:
         line += f"; Object Lock extended on {report.extended}/{report.to_extend}"
+    line += held
     if report.errors:
         line += f"; {report.errors} errors"
     return line

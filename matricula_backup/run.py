@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 # 3 files may lose one without anybody being asked).
 MASS_DELETE_MIN_FILES = 10
 DAY = 86400
+# The same for changed files (mass change guard), and the window of the slow count.
+MASS_CHANGE_MIN_FILES = 10
+CHANGE_WINDOW_SECONDS = 7 * 24 * 3600
+CHANGED_SHOWN = 5  # changed files named in the refusal
 
 
 class _LazyStore:
@@ -60,6 +64,7 @@ class RunOptions:
     dry_run: bool = False
     reset: bool = False
     allow_mass_delete: bool = False
+    allow_mass_change: bool = False
     only: tuple[Path, ...] = ()  # --folder: back up just these backup folders
 
 
@@ -207,6 +212,12 @@ def _backup_folder(
                 run.add_problem(Problem(source, "delete", refusal), report)
                 conn.exec_driver_sql("DELETE FROM temp.delete_queue WHERE in_bucket")
                 report.to_delete = report.bytes_to_delete = 0
+        if sizes.changed and not options.allow_mass_change:
+            refusal = _mass_change_refusal(conn, settings, record.table, sizes.changed)
+            if refusal:
+                run.add_problem(Problem(source, "change", refusal), report)
+                report.changes_held = sizes.changed
+                report.to_upload, report.bytes_to_upload = queues.hold_changed(conn)
         logger.info(
             "%s: %d files on disk; %d to upload (%d new), %d to delete",
             source,
@@ -244,6 +255,10 @@ def _backup_folder(
             worker.extend_retention(
                 conn, store.get(), record, locked, renew_before, settings.workers, report, run
             )
+        if not (options.allow_mass_change or options.allow_mass_delete):
+            slow = _slow_change_warning(conn, settings, record.table, source, report)
+            if slow:
+                run.add_problem(Problem(source, "change", slow), report)
     except FolderError as exc:
         run.add_problem(Problem(source, "bucket", str(exc)), report)
         conn.rollback()
@@ -304,3 +319,77 @@ def _mass_delete_refusal(
             "--allow-mass-delete"
         )
     return None
+
+
+def _mass_change_refusal(
+    conn: Connection, settings: Settings, table: str, changed: int
+) -> str | None:
+    """Why this many changed files look like ransomware (files encrypted in place), or None.
+
+    Decided from size and mtime, before any byte is read: the changed files of
+    the refused folder are never read or sent. A file only touched (same bytes)
+    counts too, since only reading it would tell; letting it through with
+    --allow-mass-change costs nothing, as its bytes are not uploaded again.
+    """
+    in_bucket = queues.in_bucket_count(conn, table)
+    share = 100 * changed / max(in_bucket, 1)
+    if changed <= MASS_CHANGE_MIN_FILES or share <= settings.max_change_percent:
+        return None
+    sample = ", ".join(_shorten(path) for path in queues.changed_sample(conn, CHANGED_SHOWN))
+    return (
+        f"{changed} of {in_bucket} backed-up files ({share:.0f}%) changed since the last run, "
+        f"more than backup.max_change_percent ({settings.max_change_percent}%); none of them "
+        "is uploaded this run (new files are). This may be ransomware (files encrypted in "
+        "place): open a few of them. If the changes are genuine, run once with "
+        f"--allow-mass-change. Changed, e.g.: {sample}"
+    )
+
+
+def _slow_change_warning(
+    conn: Connection, settings: Settings, table: str, source: str, report: FolderReport
+) -> str | None:
+    """The files changed, or deleted, in the last 7 days passed the guard's share this run.
+
+    Changes are measured against ``backup.max_change_percent``, deletions against
+    ``backup.max_delete_percent``, of the files in the bucket before this run's
+    deletions. A single run cannot cross alone (its own guards hold it back), so
+    a crossing is a slow change. Said once per crossing: only by the run that takes
+    a total from at or below its share to above it, not every night it stays above.
+    """
+    if report.changed_uploaded == 0 and report.deleted == 0:
+        return None
+    in_bucket = queues.in_bucket_count(conn, table) + report.deleted
+    changed, deleted = records.changes_since(conn, source, int(time.time()) - CHANGE_WINDOW_SECONDS)
+
+    def crossed(before: int, this_run: int, limit: int) -> bool:
+        def over(count: int) -> bool:
+            return count > MASS_CHANGE_MIN_FILES and 100 * count / max(in_bucket, 1) > limit
+
+        return over(before + this_run) and not over(before)
+
+    found = []
+    if crossed(changed, report.changed_uploaded, settings.max_change_percent):
+        total = changed + report.changed_uploaded
+        found.append(
+            f"{total} of {in_bucket} files ({100 * total / max(in_bucket, 1):.0f}%) got new "
+            f"versions in the last 7 days ({report.changed_uploaded} by this run), more than "
+            f"backup.max_change_percent ({settings.max_change_percent}%)"
+        )
+    if crossed(deleted, report.deleted, settings.max_delete_percent):
+        total = deleted + report.deleted
+        found.append(
+            f"{total} of {in_bucket} files ({100 * total / max(in_bucket, 1):.0f}%) were deleted "
+            f"in the last 7 days ({report.deleted} by this run), more than "
+            f"backup.max_delete_percent ({settings.max_delete_percent}%)"
+        )
+    if not found:
+        return None
+    return (
+        "; ".join(found) + ". A slow attack (files encrypted or removed a few each night) "
+        "looks like this: check the recently changed files (matricula-backup history shows "
+        "the runs). Told once, when the 7-day total passes the share"
+    )
+
+
+def _shorten(path: str, limit: int = 60) -> str:
+    return path if len(path) <= limit else path[: limit - 1] + "…"

@@ -112,6 +112,8 @@ def upload_all(
         if done.sent:
             report.uploaded += 1
             report.bytes_uploaded += done.size
+            if item.changed:
+                report.changed_uploaded += 1
             logger.debug("uploaded %s (%d bytes, version %s)", path, done.size, done.version_id)
         else:
             report.same_content += 1

@@ -10,9 +10,11 @@ here) with only the environment systemd or cron would give it and no terminal.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,19 @@ import pytest
 
 from tests.conftest import CLI, Setup
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "systemd"
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "systemd"
+INSTALL_DIR = "/opt/matricula-backup"
+MAX_EXPOSURE = 4.0
+# UMask= and MemoryDenyWriteExecute=, the latter as the kernel enforces it (prctl
+# PR_SET_MDWE, kept across exec), then exec the rest of the command line.
+UMASK_AND_DENY_WRITE_EXECUTE = """
+import ctypes, os, sys
+os.umask(int(sys.argv[1], 8))
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit("PR_SET_MDWE not supported by this kernel")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 INSTALLED_CLI = "/opt/matricula-backup/bin/matricula-backup"
 INSTALLED_CACHE = "/var/lib/matricula-backup"
 SERVICE_UID = 61234  # stands in for the matricula-backup account
@@ -50,6 +64,26 @@ def _as_service_user(setup: Setup) -> list[str]:
     return ["setpriv", f"--reuid={SERVICE_UID}", f"--regid={SERVICE_UID}", "--clear-groups"]
 
 
+def _sandboxed(unit: dict[str, list[str]], as_user: list[str]) -> list[str]:
+    """``as_user`` (a setpriv command) with what of the unit's sandbox a process can impose
+    on itself here, without systemd: no new privileges, no capabilities, no writable and
+    executable memory, the unit's umask."""
+    assert unit["NoNewPrivileges"] == ["true"] and unit["CapabilityBoundingSet"] == [""]
+    assert unit["MemoryDenyWriteExecute"] == ["true"]
+    setpriv, *switch_user = as_user
+    return [
+        sys.executable,
+        "-c",
+        UMASK_AND_DENY_WRITE_EXECUTE,
+        unit["UMask"][0],
+        setpriv,
+        "--no-new-privs",
+        "--bounding-set=-all",
+        "--inh-caps=-all",
+        *switch_user,
+    ]
+
+
 def _localise(command: str, setup: Setup) -> list[str]:
     return shlex.split(
         command.replace(INSTALLED_CLI, CLI).replace(INSTALLED_CACHE, str(setup.cache))
@@ -60,6 +94,8 @@ def test_the_systemd_service_runs_its_command_as_its_user(setup: Setup) -> None:
     unit = _unit(DOCS / "matricula-backup.service")
     assert unit["User"] == ["matricula-backup"] and unit["Type"] == ["oneshot"]
     assert unit["KillSignal"] == ["SIGTERM"]
+    assert unit["SuccessExitStatus"] == ["130"]  # systemctl stop is a clean stop, not a failure
+    assert unit["ReadWritePaths"] == [INSTALLED_CACHE] and unit["ProtectSystem"] == ["strict"]
     timer = _unit(DOCS / "matricula-backup.timer")
     assert timer["Persistent"] == ["true"] and timer["OnCalendar"]
     setup.file("Band/a.tif", b"scan")
@@ -68,7 +104,7 @@ def test_the_systemd_service_runs_its_command_as_its_user(setup: Setup) -> None:
     environment["PATH"] = "/usr/local/bin:/usr/bin:/bin"  # systemd's default
 
     result = subprocess.run(
-        _as_service_user(setup) + _localise(unit["ExecStart"][0], setup),
+        _sandboxed(unit, _as_service_user(setup)) + _localise(unit["ExecStart"][0], setup),
         env=environment,
         capture_output=True,
         text=True,
@@ -170,3 +206,47 @@ def test_the_weekly_verify_cron_line_is_silent_on_a_good_week(setup: Setup) -> N
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == "" and result.stderr == ""  # nothing to mail on a good week
+
+
+def test_the_systemd_service_is_sandboxed() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (.ci/run installs the systemd package)")
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", str(DOCS / "matricula-backup.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    found = re.search(
+        r"Overall exposure level for matricula-backup\.service: (\d+\.\d+)", result.stdout
+    )
+    assert found, result.stdout
+    assert float(found[1]) <= MAX_EXPOSURE, result.stdout
+
+
+def test_the_units_documentation_exists_after_the_readme_setup(tmp_path: Path) -> None:
+    """Documentation= points at a file the README's setup steps install (pip does not)."""
+    unit = _unit(DOCS / "matricula-backup.service")
+    (documentation,) = unit["Documentation"]
+    assert documentation.startswith(f"file://{INSTALL_DIR}/")
+    steps = [
+        line.strip()
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith("    ") and documentation[len("file://") :] in line
+    ]
+    assert steps, "the README never installs " + documentation
+    prefix = tmp_path / "opt"
+    prefix.mkdir()  # made by the README's python3 -m venv step before
+    for step in steps:
+        command = shlex.split(step.split("#", 1)[0].replace(INSTALL_DIR, str(prefix)))
+        subprocess.run(command, cwd=REPO, check=True, timeout=60)
+    installed = prefix / documentation[len(f"file://{INSTALL_DIR}/") :]
+    assert installed.read_text() == (REPO / "README.md").read_text()
+
+
+def test_the_readme_says_when_the_timer_runs() -> None:
+    timer = _unit(DOCS / "matricula-backup.timer")
+    assert timer["OnCalendar"] == ["*-*-* 01:15"] and timer["RandomizedDelaySec"] == ["15min"]
+    assert "between 01:15 and 01:30" in (REPO / "README.md").read_text()

@@ -223,6 +223,7 @@ def finish_run(conn: Connection, run_id: int, report: RunReport, outcome: str) -
                     "files_excluded": entry.excluded,
                     "errors": entry.errors,
                     "s3_requests": entry.s3_requests,
+                    "files_changed": entry.changed_uploaded,
                 }
                 for entry in report.folders
             ],
@@ -236,6 +237,19 @@ def finish_run(conn: Connection, run_id: int, report: RunReport, outcome: str) -
     if oldest_kept is not None:
         conn.execute(delete(problems).where(problems.c.run_id < oldest_kept))
     conn.commit()
+
+
+def changes_since(conn: Connection, folder: str, since: int) -> tuple[int, int]:
+    """Files of ``folder`` changed (new versions) and deleted by the runs started since then."""
+    row = conn.execute(
+        select(
+            func.coalesce(func.sum(run_folders.c.files_changed), 0),
+            func.coalesce(func.sum(run_folders.c.files_deleted), 0),
+        )
+        .select_from(run_folders.join(runs, runs.c.id == run_folders.c.run_id))
+        .where(run_folders.c.folder == folder, runs.c.started_at >= since)
+    ).one()
+    return int(row[0]), int(row[1])
 
 
 def drop_files_tables(conn: Connection, paths: list[str] | None = None) -> list[str]:

@@ -72,7 +72,8 @@ problems = Table(
     Column("id", Integer, primary_key=True),
     Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
     Column("folder", Text, nullable=False),
-    Column("operation", Text, nullable=False),  # config | scan | bucket | upload | delete | notify
+    # config | scan | bucket | upload | delete | change (mass change guard) | notify
+    Column("operation", Text, nullable=False),
     Column("path", Text),
     Column("message", Text, nullable=False),
     Index("ix_problems_run_id", "run_id"),
@@ -96,6 +97,9 @@ run_folders = Table(
     Column("files_excluded", Integer, nullable=False, server_default=text("0")),
     Column("errors", Integer, nullable=False, server_default=text("0")),
     Column("s3_requests", Integer, nullable=False, server_default=text("0")),
+    # New versions of files that had one (not new files): with files_deleted, the
+    # rolling 7-day count of the mass change guard.
+    Column("files_changed", Integer, nullable=False, server_default=text("0")),
     Index("ix_run_folders_run_id", "run_id"),
 )
 
