@@ -370,8 +370,12 @@ def history(
 def init(cache: CacheOption = None) -> None:
     """Write a template config.json (mode 600) with every key; edit it, then check-config.
 
+    A missing cache directory is created (mode 700; missing parents with the usual mode).
+
     Example: matricula-backup init --cache /var/lib/matricula-backup
     """
+    if cache is not None and not cache.absolute().exists():
+        _create_cache_dir(cache.absolute())
     cache, _log_path = _start(cache, False)
     path = cache / CONFIG_NAME
     try:
@@ -398,7 +402,7 @@ def check_config(cache: CacheOption = None) -> None:
     with _fatal_errors_exit():
         settings = _load(cache)
         folders, problems = backup_folders(settings)
-    recorded = recorded_buckets(cache)
+        recorded = recorded_buckets(cache)
     for folder in folders:
         state = "" if folder.path.is_dir() else "  (missing: not mounted?)"
         bucket = recorded.get(str(folder.path)) or bucket_name(folder.path, settings.bucket_prefix)
@@ -431,13 +435,38 @@ def notify_test(cache: CacheOption = None) -> None:
     raise typer.Exit(EXIT_WITH_ERRORS)
 
 
+def _create_cache_dir(cache: Path) -> None:
+    """Like git and restic: parents with the default mode, the directory itself owner-only."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700)
+        cache.chmod(0o700)  # whatever the umask took away or let through
+    except OSError as exc:
+        typer.echo(
+            f"{cache}: cannot create the cache directory: {exc.strerror or exc}; create it "
+            f"as a user who may (e.g. install -d -o USER -m 700 {cache}) and run init again",
+            err=True,
+        )
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    typer.echo(f"created {cache} (mode 700)")
+
+
 def _start(cache: Path | None, verbose: bool) -> tuple[Path, Path | None]:
     """What every command does first: check the cache directory, set up logging."""
     if cache is None:
         typer.echo("Missing option '--cache': the cache directory with config.json", err=True)
         raise typer.Exit(EXIT_COULD_NOT_RUN)
     cache = cache.absolute()
-    if not cache.is_dir():
+    try:
+        is_dir = cache.is_dir()
+    except OSError as exc:  # a parent this user may not enter
+        typer.echo(
+            f"{cache}: cannot reach the cache directory: {exc.strerror or exc}; run as the "
+            "user who owns it",
+            err=True,
+        )
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    if not is_dir:
         typer.echo(
             f"{cache}: no such directory. Create it (mkdir -m 700 {cache}) and put "
             "config.json in it (see the README)",

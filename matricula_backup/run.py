@@ -107,6 +107,8 @@ def _run_folders(
     """Every folder in turn, inside a ``runs`` row (real runs) that records the outcome."""
     run_id = None
     if not options.dry_run:
+        for dead in records.close_dead_runs(conn):
+            report.add_problem(dead_run_problem(dead))
         run_id = records.start_run(conn, "reset" if options.reset else "backup", report.hostname)
         if options.reset:
             dropped = records.drop_files_tables(
@@ -245,6 +247,17 @@ def _backup_folder(
         report.finished_at = int(time.time())
         report.s3_requests = store.requests - requests_before
         logger.info("%s", folder_line(report, dry_run))
+
+
+def dead_run_problem(dead: records.DeadRun) -> Problem:
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(dead.started_at))
+    return Problem(
+        "(earlier run)",
+        "run",
+        f"run #{dead.id} (started {started} on {dead.hostname}) did not finish: its process "
+        "was killed (kill -9, out of memory, power cut) and could not report; it is recorded "
+        "as killed. What S3 confirmed before is kept and this run went on from there",
+    )
 
 
 def _only(folders: list[BackupFolder], wanted: tuple[Path, ...]) -> list[BackupFolder]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from matricula_backup.db.engine import DB_NAME, open_state_db_for_dry_run
+from matricula_backup.db.engine import DB_NAME, database_error, open_state_db_for_dry_run
 from matricula_backup.db.schema import BACKED_UP
 from matricula_backup.report import human_bytes
 
@@ -44,6 +46,7 @@ class Status:
     folders: list[FolderStatus] = field(default_factory=list)
     last_run: RunInfo | None = None
     last_successful_run: RunInfo | None = None
+    last_killed_run: RunInfo | None = None  # found still running by a later run: it died
 
 
 def read_status(cache_dir: Path) -> Status:
@@ -87,6 +90,9 @@ def read_status(cache_dir: Path) -> Status:
                 ) = row
             status.last_run = _run(conn, "")
             status.last_successful_run = _run(conn, "WHERE outcome = 'ok'")
+            status.last_killed_run = _run(conn, "WHERE outcome = 'killed'")
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise database_error(cache_dir / DB_NAME, exc) from None
     finally:
         engine.dispose()
     return status
@@ -102,6 +108,8 @@ def recorded_buckets(cache_dir: Path) -> dict[str, str]:
             return {
                 row[0]: row[1] for row in conn.exec_driver_sql("SELECT path, bucket FROM folders")
             }
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise database_error(cache_dir / DB_NAME, exc) from None
     finally:
         engine.dispose()
 
@@ -131,7 +139,10 @@ def status_lines(status: Status) -> list[str]:
     for label, run in (
         ("last run", status.last_run),
         ("last successful run", status.last_successful_run),
+        ("last killed run", status.last_killed_run),
     ):
+        if run is None and label == "last killed run":
+            continue
         if run is None:
             lines.append(f"{label}: none")
         else:
@@ -200,6 +211,8 @@ def read_history(cache_dir: Path, limit: int) -> list[HistoryRun]:
                         (run.id,),
                     ).all()
                 ]
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise database_error(cache_dir / DB_NAME, exc) from None
     finally:
         engine.dispose()
     return runs
@@ -210,7 +223,10 @@ def history_lines(runs: list[HistoryRun]) -> list[str]:
         return ["no backup has run yet"]
     lines = []
     for run in runs:
-        took = f"{run.finished_at - run.started_at} s" if run.finished_at else "still running?"
+        if run.finished_at:
+            took = f"{run.finished_at - run.started_at} s"
+        else:
+            took = "did not finish" if run.outcome == "killed" else "still running?"
         lines.append(
             f"#{run.id} {_when(run.started_at)} {run.mode} {run.outcome} ({took}): "
             f"{run.files_uploaded} files ({human_bytes(run.bytes_uploaded)}) uploaded, "
