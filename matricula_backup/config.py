@@ -48,6 +48,7 @@ _ALLOWED: dict[str, set[str]] = {
         "max_delete_percent",
         "exclude",
         "max_bandwidth",
+        "follow_root_symlinks",
     },
     "notification": {"webhook", "on_success", "stuck_after_hours"},
     "pricing": Prices.keys(),
@@ -93,6 +94,8 @@ class Settings:
     max_delete_percent: int = DEFAULT_MAX_DELETE_PERCENT
     exclude: tuple[str, ...] = ()  # glob patterns, see exclude.py
     max_bandwidth: int | None = None  # bytes per second for all uploads together
+    # A symlinked subfolder of a root is backed up (its target, under the link's path).
+    follow_root_symlinks: bool = False
     webhook: str | None = field(default=None, repr=False)
     notify_on_success: bool = False
     # A run that cannot start because the lock has been held this long tells Teams.
@@ -206,6 +209,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         workers=_int(backup, "workers", DEFAULT_WORKERS, 1, 64),
         exclude=_patterns(backup),
         max_bandwidth=_bandwidth(backup),
+        follow_root_symlinks=_bool(backup, "backup", "follow_root_symlinks"),
         max_delete_percent=_int(backup, "max_delete_percent", DEFAULT_MAX_DELETE_PERCENT, 0, 100),
         part_size=part_size,
         multipart_threshold=threshold,
@@ -354,6 +358,7 @@ def template() -> dict[str, Any]:
             "max_delete_percent": DEFAULT_MAX_DELETE_PERCENT,
             "exclude": [],
             "max_bandwidth": None,
+            "follow_root_symlinks": False,
         },
         "notification": {
             "webhook": None,
