@@ -28,10 +28,12 @@ from matricula_backup.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_WITH_ERRORS,
+    ConfigError,
     FatalError,
     LockHeld,
 )
 from matricula_backup.folders import backup_folders, bucket_name
+from matricula_backup.forget import forget_lines, run_forget
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.pricing import cost_lines
@@ -337,8 +339,13 @@ def status(
     Example: matricula-backup status --cache /var/lib/matricula-backup --json
     """
     cache, _log_path = _start(cache, False)
+    try:
+        settings: Settings | None = load_settings(cache)  # to tell missing and gone folders
+    except ConfigError as exc:
+        typer.echo(f"warning: {exc} (status cannot tell which folders are gone)", err=True)
+        settings = None
     with _fatal_errors_exit():
-        current = read_status(cache)
+        current = read_status(cache, settings)
     if as_json:
         typer.echo(json.dumps(asdict(current), indent=2))
     else:
@@ -364,6 +371,44 @@ def history(
     else:
         for line in history_lines(runs):
             typer.echo(line)
+
+
+@app.command("forget")
+def forget_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Backup folders to close, as the run's message or status names them.",
+            show_default=False,
+        ),
+    ],
+    cache: CacheOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would be dropped.")
+    ] = False,
+) -> None:
+    """Close backup folders that are gone: drop their rows from state.db; buckets stay.
+
+    A folder recorded in state.db that config.json no longer produces (removed
+    from it, or a subfolder of a root renamed or removed) is reported by every
+    run until it is forgotten. Its bucket and objects are kept (see the README
+    on deleting a bucket). A folder still configured and present is refused.
+
+    Example: matricula-backup forget --cache /var/lib/matricula-backup /images/archive/Graz
+    """
+    cache, _log_path = _start(cache, False)
+    selected = [os.path.normpath(path.absolute()) for path in paths]
+    with _fatal_errors_exit():
+        settings = _load(cache)
+        if dry_run:
+            report = run_forget(settings, selected, dry_run)
+        else:
+            with exclusive_lock(cache):
+                report = run_forget(settings, selected, dry_run)
+    for line in forget_lines(report, dry_run):
+        typer.echo(line)
+        logger.info("%s", line)
+    raise typer.Exit(EXIT_OK)
 
 
 @app.command()

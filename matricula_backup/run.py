@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from matricula_backup import queues, s3, worker
+from matricula_backup import forget, queues, s3, worker
 from matricula_backup.config import Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
@@ -119,6 +119,9 @@ def _run_folders(
     try:
         for folder in folders:
             _backup_folder(conn, settings, folder, store, report, options, progress)
+        if not options.only:  # --folder: the other folders are not looked at
+            for gone in forget.gone_folders(conn, settings, folders):
+                report.add_problem(forget.gone_problem(gone, settings.cache_dir))
         outcome = "errors" if report.error_count else "ok"
     except KeyboardInterrupt:
         report.interrupted = True
@@ -155,7 +158,8 @@ def _backup_folder(
                 source,
                 "scan",
                 f"{folder.source}: folder missing (not mounted?): {source}; "
-                "nothing is uploaded or deleted for it this run",
+                "nothing is uploaded or deleted for it this run. "
+                + forget.missing_hint(folder.path, settings.cache_dir),
             ),
             report,
         )

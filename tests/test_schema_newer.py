@@ -29,7 +29,7 @@ COMMANDS = [
     ("status",),
     ("history",),
     ("check-config",),
-    # ("forget", "GONE"),
+    ("forget", "GONE"),
 ]
 
 
