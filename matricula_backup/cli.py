@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import socket
 import sys
 import time
@@ -33,7 +34,7 @@ from matricula_backup.errors import (
     LockHeld,
 )
 from matricula_backup.folders import backup_folders, bucket_name
-from matricula_backup.forget import forget_lines, run_forget
+from matricula_backup.forget import forget_lines, gone_paths, run_forget
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.pricing import cost_lines
@@ -454,6 +455,14 @@ def check_config(cache: CacheOption = None) -> None:
         typer.echo(f"{folder.path} ({folder.source}) -> bucket {bucket}{state}")
     for problem in problems:
         typer.echo(f"problem: {problem.message}", err=True)
+    for path in gone_paths(settings, folders, sorted(recorded)):
+        problems.append(Problem(path, "config", "gone"))
+        typer.echo(
+            f"problem: {path} (bucket {recorded[path]}) is recorded in state.db but no longer a "
+            f"backup folder: every run reports it until: matricula-backup forget --cache {cache} "
+            f"{shlex.quote(path)}",
+            err=True,
+        )
     missing = [folder for folder in folders if not folder.path.is_dir()]
     webhook = redact_url(settings.webhook) if settings.webhook else "none (errors are only logged)"
     typer.echo(f"config.json is valid: {len(folders)} backup folders, webhook {webhook}")

@@ -87,15 +87,22 @@ def gone_folders(
     unmounted share): the root itself is reported, and its subfolders come back
     with it.
     """
+    known = known_folders(conn)
+    gone = set(gone_paths(settings, configured, [folder.path for folder in known]))
+    return [folder for folder in known if folder.path in gone]
+
+
+def gone_paths(
+    settings: Settings, configured: list[BackupFolder], recorded: list[str]
+) -> list[str]:
+    """The recorded paths of ``gone_folders``."""
     produced = {str(folder.path) for folder in configured}
     roots_with_folders = {
         folder.path.parent for folder in configured if folder.source.startswith("backup.roots")
     }
     silent_roots = set(settings.roots) - roots_with_folders
     return [
-        known
-        for known in known_folders(conn)
-        if known.path not in produced and Path(known.path).parent not in silent_roots
+        path for path in recorded if path not in produced and Path(path).parent not in silent_roots
     ]
 
 

@@ -72,6 +72,12 @@ def test_a_vanished_root_subfolder_is_reported_until_forgotten(
     assert _status(setup)[str(graz)]["state"] == "gone"
     assert _status(setup)[str(root / "Wien")]["state"] == "backed_up"
 
+    check = setup.run("check-config")
+    assert check.returncode == 1
+    assert f"problem: {graz} (bucket {bucket}) is recorded in state.db but no longer" in (
+        check.stderr
+    )
+
     dry = setup.run("forget", str(graz), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"would forget {graz}: would drop its files table {table} (1 rows)" in dry.stdout

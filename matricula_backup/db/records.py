@@ -163,9 +163,7 @@ def close_dead_runs(conn: Connection) -> list[DeadRun]:
     ]
     if dead:
         conn.execute(
-            update(runs)
-            .where(runs.c.id.in_([run.id for run in dead]))
-            .values(outcome="killed")
+            update(runs).where(runs.c.id.in_([run.id for run in dead])).values(outcome="killed")
         )
     conn.commit()
     return dead
