@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from matricula_backup.db.engine import open_state_db
 from tests.conftest import CLI, Setup
 from tests.test_awkward_trees import NOBODY, SETPRIV, as_nobody  # noqa: F401 (a fixture)
 
@@ -39,14 +40,15 @@ def _args(command: tuple[str, ...], setup: Setup) -> list[str]:
     return args + [str(setup.images / "gone") if arg == "GONE" else arg for arg in rest]
 
 
-def _backed_up(setup: Setup, httpserver: Any) -> Path:
+def _database(setup: Setup, httpserver: Any) -> Path:
+    """A config with a webhook and a state.db at this version's schema (as a run leaves it)."""
     setup.file("Band/a.tif")
     httpserver.expect_request("/hook").respond_with_data("", status=202)
     setup.write_config(
         backup__folders=[str(setup.images / "Band")],
         notification__webhook=httpserver.url_for("/hook"),
     )
-    assert setup.run().returncode == 0
+    open_state_db(setup.cache).dispose()
     return setup.cache / "state.db"
 
 
@@ -67,7 +69,7 @@ def _cards(httpserver: Any) -> list[str]:
 def test_a_newer_schema_is_refused_by_every_command(
     setup: Setup, httpserver: Any, command: tuple[str, ...]
 ) -> None:
-    database = _backed_up(setup, httpserver)
+    database = _database(setup, httpserver)
     with closing(sqlite3.connect(database)) as conn, conn:
         conn.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
     before = database.read_bytes()
@@ -85,7 +87,7 @@ def test_a_newer_schema_is_refused_by_every_command(
 def test_a_file_that_is_not_a_database_is_refused_by_every_command(
     setup: Setup, httpserver: Any, command: tuple[str, ...]
 ) -> None:
-    database = _backed_up(setup, httpserver)
+    database = _database(setup, httpserver)
     database.write_bytes(b"\x00garbage, not SQLite\xff" * 500)
     for suffix in ("-wal", "-shm"):
         database.with_name(database.name + suffix).unlink(missing_ok=True)
@@ -115,7 +117,7 @@ def test_a_database_this_user_cannot_read_is_refused_by_every_command(
     httpserver: Any,
     command: tuple[str, ...],
 ) -> None:
-    database = _backed_up(setup, httpserver)
+    database = _database(setup, httpserver)
     # The cache directory belongs to nobody (as_nobody made the path to it
     # traversable), the database stays root's, mode 600.
     for path in setup.cache.iterdir():
