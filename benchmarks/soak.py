@@ -291,7 +291,8 @@ def check(
         if digest and digest != sha256(path):
             problems.append(f"row sha256 differs from the file: {rel}")
     runs_table = db.execute(
-        "SELECT count(*), coalesce(sum(files_uploaded), 0) FROM runs WHERE outcome != 'running'"
+        "SELECT count(*), coalesce(sum(files_uploaded), 0) FROM runs "
+        "WHERE outcome NOT IN ('running', 'killed')"
     ).fetchone()
     db.close()
     counts = {
