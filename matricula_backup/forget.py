@@ -126,6 +126,15 @@ def gone_problem(folder: KnownFolder, cache_dir: Path) -> Problem:
     )
 
 
+def last_backup_at(conn: Connection, path: str) -> int | None:
+    """The end of the folder's last run without errors, if any."""
+    return conn.execute(
+        select(func.max(run_folders.c.finished_at)).where(
+            run_folders.c.folder == path, run_folders.c.errors == 0
+        )
+    ).scalar()
+
+
 def missing_hint(path: Path, cache_dir: Path) -> str:
     """What to do about a configured folder that is missing (``run.py`` reports it)."""
     return (

@@ -158,7 +158,9 @@ def _backup_folder(
                 source,
                 "scan",
                 f"{folder.source}: folder missing (not mounted?): {source}; "
-                "nothing is uploaded or deleted for it this run. "
+                "nothing is uploaded or deleted for it this run (bucket "
+                f"{record.bucket}, last successful backup "
+                f"{forget.when(forget.last_backup_at(conn, source))}). "
                 + forget.missing_hint(folder.path, settings.cache_dir),
             ),
             report,

@@ -128,6 +128,7 @@ def test_a_missing_configured_folder_says_what_to_do(setup: Setup, s3: Any) -> N
     assert result.returncode == 1
     [(_folder, message)] = _problems(setup)
     assert "folder missing (not mounted?)" in message
+    assert f"(bucket {bucket}, last successful backup 20" in message
     assert "Mount it; if it is gone for good, remove it from config.json and run" in message
     assert f"matricula-backup forget --cache {setup.cache} {folder}" in message
     assert f"{folder} -> s3://{bucket}: MISSING" in setup.run("status").stdout
