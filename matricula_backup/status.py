@@ -16,6 +16,7 @@ from matricula_backup.db.schema import BACKED_UP
 from matricula_backup.errors import ConfigError
 from matricula_backup.folders import backup_folders
 from matricula_backup.forget import gone_folders, known_folders
+from matricula_backup.lock import holder_gone
 from matricula_backup.report import human_bytes
 
 
@@ -28,6 +29,9 @@ class RunInfo:
     duration_seconds: int | None
     files_uploaded: int
     errors: int
+    # A run still "running" whose process is gone (the lock file names a dead
+    # pid): killed; the next run records it as killed.
+    process_gone: bool = False
 
 
 @dataclass
@@ -105,6 +109,8 @@ def read_status(cache_dir: Path, settings: Settings | None = None) -> Status:
             status.last_run = _run(conn, "")
             status.last_successful_run = _run(conn, "WHERE outcome = 'ok'")
             status.last_killed_run = _run(conn, "WHERE outcome = 'killed'")
+            if status.last_run is not None and status.last_run.outcome == "running":
+                status.last_run.process_gone = holder_gone(cache_dir)
     except (SQLAlchemyError, sqlite3.Error) as exc:
         raise database_error(cache_dir / DB_NAME, exc) from None
     finally:
@@ -190,6 +196,8 @@ def status_lines(status: Status) -> list[str]:
             lines.append(f"{label}: none")
         else:
             took = f", took {run.duration_seconds} s" if run.duration_seconds is not None else ""
+            if run.process_gone:
+                took = " (its process is gone: killed; the next run records it as killed)"
             lines.append(
                 f"{label}: #{run.id} started {_when(run.started_at)}{took}, {run.outcome}, "
                 f"{run.files_uploaded} files uploaded, {run.errors} errors"

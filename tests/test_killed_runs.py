@@ -27,6 +27,13 @@ def test_the_next_run_marks_a_killed_run_and_reports_it_once(
     assert setup.db("SELECT id, outcome, finished_at FROM runs") == [(1, "running", None)]
     before = setup.run("history")
     assert "#1" in before.stdout and "running (still running?)" in before.stdout
+    # status needs no new run to see it: the lock file names a pid that is gone.
+    status = setup.run("status")
+    assert "last run: #1 started" in status.stdout
+    assert "(its process is gone: killed; the next run records it as killed), running" in (
+        status.stdout
+    )
+    assert json.loads(setup.run("status", "--json").stdout)["last_run"]["process_gone"] is True
 
     result = setup.run()
 
