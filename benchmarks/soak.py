@@ -291,7 +291,8 @@ def check(
         if digest and digest != sha256(path):
             problems.append(f"row sha256 differs from the file: {rel}")
     runs_table = db.execute(
-        "SELECT count(*), coalesce(sum(files_uploaded), 0) FROM runs WHERE outcome != 'running'"
+        "SELECT count(*), coalesce(sum(files_uploaded), 0) FROM runs "
+        "WHERE outcome NOT IN ('running', 'killed')"
     ).fetchone()
     db.close()
     counts = {
@@ -423,7 +424,12 @@ def main() -> int:
                 flush=True,
             )
             output = (logs / f"run-{number:02d}.out").read_text(errors="replace")
-            if not killed and run.exit_code not in ((0,) if final else (0, 1)):
+            # A run after a kill reports the killed run once (one error, exit 1).
+            after_kill = len(runs) > 1 and runs[-2].killed
+            clean_final = run.exit_code == 0 or (
+                after_kill and run.exit_code == 1 and re.search(r"; 1 errors$", output, re.M)
+            )
+            if not killed and (run.exit_code not in (0, 1) or (final and not clean_final)):
                 broken.append(f"run {number} exited {run.exit_code} (see {logs})")
             elif not killed and not re.search(r"^backup (done|interrupted)", output, re.M):
                 last = output.strip().splitlines()[-1:] or ["no output"]

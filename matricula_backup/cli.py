@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import socket
 import sys
 import time
@@ -35,12 +36,14 @@ from matricula_backup.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_WITH_ERRORS,
+    ConfigError,
     FatalError,
     LockHeld,
 )
 from matricula_backup.escape import printable
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.localfs import current_umask
+from matricula_backup.forget import forget_lines, gone_paths, run_forget
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.pricing import cost_lines
@@ -405,8 +408,13 @@ def status(
     Example: matricula-backup status --cache /var/lib/matricula-backup --json
     """
     cache, _log_path = _start(cache, False)
+    try:
+        settings: Settings | None = load_settings(cache)  # to tell missing and gone folders
+    except ConfigError as exc:
+        typer.echo(f"warning: {exc} (status cannot tell which folders are gone)", err=True)
+        settings = None
     with _fatal_errors_exit():
-        current = read_status(cache)
+        current = read_status(cache, settings)
     if as_json:
         typer.echo(json.dumps(asdict(current), indent=2))
     else:
@@ -434,12 +442,54 @@ def history(
             typer.echo(printable(line))
 
 
+@app.command("forget")
+def forget_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Backup folders to close, as the run's message or status names them.",
+            show_default=False,
+        ),
+    ],
+    cache: CacheOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print what would be dropped.")
+    ] = False,
+) -> None:
+    """Close backup folders that are gone: drop their rows from state.db; buckets stay.
+
+    A folder recorded in state.db that config.json no longer produces (removed
+    from it, or a subfolder of a root renamed or removed) is reported by every
+    run until it is forgotten. Its bucket and objects are kept (see the README
+    on deleting a bucket). A folder still configured and present is refused.
+
+    Example: matricula-backup forget --cache /var/lib/matricula-backup /images/archive/Graz
+    """
+    cache, _log_path = _start(cache, False)
+    selected = [os.path.normpath(path.absolute()) for path in paths]
+    with _fatal_errors_exit():
+        settings = _load(cache)
+        if dry_run:
+            report = run_forget(settings, selected, dry_run)
+        else:
+            with exclusive_lock(cache):
+                report = run_forget(settings, selected, dry_run)
+    for line in forget_lines(report, dry_run):
+        typer.echo(line)
+        logger.info("%s", line)
+    raise typer.Exit(EXIT_OK)
+
+
 @app.command()
 def init(cache: CacheOption = None) -> None:
     """Write a template config.json (mode 600) with every key; edit it, then check-config.
 
+    A missing cache directory is created (mode 700; missing parents with the usual mode).
+
     Example: matricula-backup init --cache /var/lib/matricula-backup
     """
+    if cache is not None and not cache.absolute().exists():
+        _create_cache_dir(cache.absolute())
     cache, _log_path = _start(cache, False)
     path = cache / CONFIG_NAME
     try:
@@ -466,13 +516,21 @@ def check_config(cache: CacheOption = None) -> None:
     with _fatal_errors_exit():
         settings = _load(cache)
         folders, problems = backup_folders(settings)
-    recorded = recorded_buckets(cache)
+        recorded = recorded_buckets(cache)
     for folder in folders:
         state = "" if folder.path.is_dir() else "  (missing: not mounted?)"
         bucket = recorded.get(str(folder.path)) or bucket_name(folder.path, settings.bucket_prefix)
         typer.echo(f"{printable(str(folder.path))} ({folder.source}) -> bucket {bucket}{state}")
     for problem in problems:
         typer.echo(f"problem: {printable(problem.message)}", err=True)
+    for path in gone_paths(settings, folders, sorted(recorded)):
+        problems.append(Problem(path, "config", "gone"))
+        typer.echo(
+            f"problem: {printable(path)} (bucket {recorded[path]}) is recorded in state.db but no "
+            f"longer a backup folder: every run reports it until: matricula-backup forget "
+            f"--cache {cache} {printable(shlex.quote(path))}",
+            err=True,
+        )
     if settings.object_lock is not None:
         for line in _object_lock_advice(cache, settings.object_lock):
             typer.echo(line)
@@ -560,13 +618,38 @@ def notify_test(cache: CacheOption = None) -> None:
     raise typer.Exit(EXIT_WITH_ERRORS)
 
 
+def _create_cache_dir(cache: Path) -> None:
+    """Like git and restic: parents with the default mode, the directory itself owner-only."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.mkdir(mode=0o700)
+        cache.chmod(0o700)  # whatever the umask took away or let through
+    except OSError as exc:
+        typer.echo(
+            f"{cache}: cannot create the cache directory: {exc.strerror or exc}; create it "
+            f"as a user who may (e.g. install -d -o USER -m 700 {cache}) and run init again",
+            err=True,
+        )
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    typer.echo(f"created {cache} (mode 700)")
+
+
 def _start(cache: Path | None, verbose: bool) -> tuple[Path, Path | None]:
     """What every command does first: check the cache directory, set up logging."""
     if cache is None:
         typer.echo("Missing option '--cache': the cache directory with config.json", err=True)
         raise typer.Exit(EXIT_COULD_NOT_RUN)
     cache = cache.absolute()
-    if not cache.is_dir():
+    try:
+        is_dir = cache.is_dir()
+    except OSError as exc:  # a parent this user may not enter
+        typer.echo(
+            f"{cache}: cannot reach the cache directory: {exc.strerror or exc}; run as the "
+            "user who owns it",
+            err=True,
+        )
+        raise typer.Exit(EXIT_COULD_NOT_RUN) from None
+    if not is_dir:
         typer.echo(
             f"{cache}: no such directory. Create it (mkdir -m 700 {cache}) and put "
             "config.json in it (see the README)",

@@ -51,6 +51,7 @@ _ALLOWED: dict[str, set[str]] = {
         "max_bandwidth",
         "object_lock",
         "max_change_percent",
+        "follow_root_symlinks",
     },
     "notification": {"webhook", "on_success", "stuck_after_hours"},
     "pricing": Prices.keys(),
@@ -113,6 +114,8 @@ class Settings:
     max_bandwidth: int | None = None  # bytes per second for all uploads together
     # Mass change guard (run.py): a larger share of changed files is held back.
     max_change_percent: int = DEFAULT_MAX_CHANGE_PERCENT
+    # A symlinked subfolder of a root is backed up (its target, under the link's path).
+    follow_root_symlinks: bool = False
     webhook: str | None = field(default=None, repr=False)
     notify_on_success: bool = False
     # A run that cannot start because the lock has been held this long tells Teams.
@@ -228,6 +231,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
         exclude=_patterns(backup),
         max_bandwidth=_bandwidth(backup),
         max_change_percent=_int(backup, "max_change_percent", DEFAULT_MAX_CHANGE_PERCENT, 0, 100),
+        follow_root_symlinks=_bool(backup, "backup", "follow_root_symlinks"),
         max_delete_percent=_int(backup, "max_delete_percent", DEFAULT_MAX_DELETE_PERCENT, 0, 100),
         part_size=part_size,
         multipart_threshold=threshold,
@@ -410,6 +414,7 @@ def template() -> dict[str, Any]:
             "max_bandwidth": None,
             "object_lock": None,
             "max_change_percent": DEFAULT_MAX_CHANGE_PERCENT,
+            "follow_root_symlinks": False,
         },
         "notification": {
             "webhook": None,

@@ -20,6 +20,7 @@ from matricula_backup.errors import CacheNotWritable, LockHeld
 
 LOCK_NAME = "lock"
 _SINCE = re.compile(r" \[(\d+)\]")  # the start time in unix seconds, after the readable one
+_HOLDER = re.compile(r"^pid (\d+) on (\S+),")
 
 
 @contextlib.contextmanager
@@ -55,3 +56,26 @@ def exclusive_lock(cache_dir: Path, name: str = LOCK_NAME) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def holder_gone(cache_dir: Path, name: str = LOCK_NAME) -> bool:
+    """Is the process that last took the lock gone? Read-only: the lock is not touched.
+
+    True only when the lock file names a process of this host that no longer
+    exists; False when it may still run, or when that cannot be told.
+    """
+    try:
+        with open(cache_dir / name, "rb") as handle:
+            line = handle.read(200).decode(errors="replace")
+    except OSError:
+        return False
+    found = _HOLDER.match(line)
+    if found is None or found.group(2) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(found.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return False

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from matricula_backup import queues, s3, worker
+from matricula_backup import forget, queues, s3, worker
 from matricula_backup.config import Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
@@ -113,6 +113,8 @@ def _run_folders(
     """Every folder in turn, inside a ``runs`` row (real runs) that records the outcome."""
     run_id = None
     if not options.dry_run:
+        for dead in records.close_dead_runs(conn):
+            report.add_problem(dead_run_problem(dead))
         run_id = records.start_run(conn, "reset" if options.reset else "backup", report.hostname)
         if options.reset:
             dropped = records.drop_files_tables(
@@ -123,6 +125,9 @@ def _run_folders(
     try:
         for folder in folders:
             _backup_folder(conn, settings, folder, store, report, options, progress)
+        if not options.only:  # --folder: the other folders are not looked at
+            for gone in forget.gone_folders(conn, settings, folders):
+                report.add_problem(forget.gone_problem(gone, settings.cache_dir))
         outcome = "errors" if report.error_count else "ok"
     except KeyboardInterrupt:
         report.interrupted = True
@@ -159,7 +164,10 @@ def _backup_folder(
                 source,
                 "scan",
                 f"{folder.source}: folder missing (not mounted?): {source}; "
-                "nothing is uploaded or deleted for it this run",
+                "nothing is uploaded or deleted for it this run (bucket "
+                f"{record.bucket}, last successful backup "
+                f"{forget.when(forget.last_backup_at(conn, source))}). "
+                + forget.missing_hint(folder.path, settings.cache_dir),
             ),
             report,
         )
@@ -282,6 +290,17 @@ def _backup_folder(
         report.finished_at = int(time.time())
         report.s3_requests = store.requests - requests_before
         logger.info("%s", folder_line(report, dry_run))
+
+
+def dead_run_problem(dead: records.DeadRun) -> Problem:
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(dead.started_at))
+    return Problem(
+        "(earlier run)",
+        "run",
+        f"run #{dead.id} (started {started} on {dead.hostname}) did not finish: its process "
+        "was killed (kill -9, out of memory, power cut) and could not report; it is recorded "
+        "as killed. What S3 confirmed before is kept and this run went on from there",
+    )
 
 
 def _only(folders: list[BackupFolder], wanted: tuple[Path, ...]) -> list[BackupFolder]:

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from matricula_backup.db.engine import DB_NAME, open_state_db_for_dry_run
+from matricula_backup.config import Settings
+from matricula_backup.db.engine import DB_NAME, database_error, open_state_db_for_dry_run
 from matricula_backup.db.schema import BACKED_UP
+from matricula_backup.errors import ConfigError
+from matricula_backup.folders import backup_folders
+from matricula_backup.forget import gone_folders, known_folders
+from matricula_backup.lock import holder_gone
 from matricula_backup.report import human_bytes
 
 
@@ -22,6 +29,9 @@ class RunInfo:
     duration_seconds: int | None
     files_uploaded: int
     errors: int
+    # A run still "running" whose process is gone (the lock file names a dead
+    # pid): killed; the next run records it as killed.
+    process_gone: bool = False
 
 
 @dataclass
@@ -36,6 +46,10 @@ class FolderStatus:
     failed_uploads: int = 0
     failed_deletes: int = 0  # deletions that failed and are retried next run
     last_upload_at: int | None = None
+    # backed_up | missing (configured, directory not there) | gone (config.json no
+    # longer produces it: `forget` closes it) | unknown (config.json unreadable)
+    state: str = "unknown"
+    last_backup_at: int | None = None  # end of its last run without errors
 
 
 @dataclass
@@ -44,15 +58,18 @@ class Status:
     folders: list[FolderStatus] = field(default_factory=list)
     last_run: RunInfo | None = None
     last_successful_run: RunInfo | None = None
+    last_killed_run: RunInfo | None = None  # found still running by a later run: it died
 
 
-def read_status(cache_dir: Path) -> Status:
+def read_status(cache_dir: Path, settings: Settings | None = None) -> Status:
+    """What state.db says; with ``settings``, also which folders are missing or gone."""
     status = Status(database=str(cache_dir / DB_NAME))
     if not (cache_dir / DB_NAME).exists():
         return status
     engine = open_state_db_for_dry_run(cache_dir)
     try:
         with engine.connect() as conn:
+            states = _folder_states(conn, settings)
             folders = conn.exec_driver_sql(
                 "SELECT path, bucket, table_name FROM folders ORDER BY path"
             ).all()
@@ -60,8 +77,12 @@ def read_status(cache_dir: Path) -> Status:
                 row[0]
                 for row in conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")
             }
+            last_backups = {known.path: known.last_backup_at for known in known_folders(conn)}
             for path, bucket, table in folders:
                 entry = FolderStatus(path, bucket, table)
+                # Not produced, not gone: below a root that is not mounted this time.
+                entry.state = "unknown" if states is None else states.get(path, "missing")
+                entry.last_backup_at = last_backups.get(path)
                 status.folders.append(entry)
                 if table not in tables:
                     continue
@@ -87,9 +108,30 @@ def read_status(cache_dir: Path) -> Status:
                 ) = row
             status.last_run = _run(conn, "")
             status.last_successful_run = _run(conn, "WHERE outcome = 'ok'")
+            status.last_killed_run = _run(conn, "WHERE outcome = 'killed'")
+            if status.last_run is not None and status.last_run.outcome == "running":
+                status.last_run.process_gone = holder_gone(cache_dir)
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise database_error(cache_dir / DB_NAME, exc) from None
     finally:
         engine.dispose()
     return status
+
+
+def _folder_states(conn: Connection, settings: Settings | None) -> dict[str, str] | None:
+    if settings is None:
+        return None
+    try:
+        configured, _problems = backup_folders(settings)
+    except ConfigError:
+        return None
+    states = {
+        str(folder.path): "backed_up" if folder.path.is_dir() else "missing"
+        for folder in configured
+    }
+    for gone in gone_folders(conn, settings, configured):
+        states[gone.path] = "gone"
+    return states
 
 
 def recorded_buckets(cache_dir: Path) -> dict[str, str]:
@@ -102,6 +144,8 @@ def recorded_buckets(cache_dir: Path) -> dict[str, str]:
             return {
                 row[0]: row[1] for row in conn.exec_driver_sql("SELECT path, bucket FROM folders")
             }
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise database_error(cache_dir / DB_NAME, exc) from None
     finally:
         engine.dispose()
 
@@ -139,11 +183,24 @@ def _run(conn: Connection, where: str) -> RunInfo | None:
     return RunInfo(row[0], row[1], row[2], row[3], duration, row[4], row[5])
 
 
+_STATE_LINES = {
+    "missing": "MISSING (not mounted?): in config.json but its directory is not there; "
+    "last successful backup {when}",
+    "gone": "GONE: config.json no longer backs it up; last successful backup {when}. Run "
+    "matricula-backup forget for it if that is on purpose (its bucket stays)",
+}
+
+
 def status_lines(status: Status) -> list[str]:
     if not status.folders and status.last_run is None:
         return [f"{status.database}: no backup has run yet"]
     lines = []
     for entry in status.folders:
+        if entry.state in _STATE_LINES:
+            lines.append(
+                f"{entry.folder} -> s3://{entry.bucket}: "
+                + _STATE_LINES[entry.state].format(when=_when(entry.last_backup_at))
+            )
         lines.append(
             f"{entry.folder} -> s3://{entry.bucket}: {entry.files_backed_up} files "
             f"({human_bytes(entry.bytes_backed_up)}) backed up; {entry.pending_uploads} to upload "
@@ -153,11 +210,16 @@ def status_lines(status: Status) -> list[str]:
     for label, run in (
         ("last run", status.last_run),
         ("last successful run", status.last_successful_run),
+        ("last killed run", status.last_killed_run),
     ):
+        if run is None and label == "last killed run":
+            continue
         if run is None:
             lines.append(f"{label}: none")
         else:
             took = f", took {run.duration_seconds} s" if run.duration_seconds is not None else ""
+            if run.process_gone:
+                took = " (its process is gone: killed; the next run records it as killed)"
             lines.append(
                 f"{label}: #{run.id} started {_when(run.started_at)}{took}, {run.outcome}, "
                 f"{run.files_uploaded} files uploaded, {run.errors} errors"
@@ -222,6 +284,8 @@ def read_history(cache_dir: Path, limit: int) -> list[HistoryRun]:
                         (run.id,),
                     ).all()
                 ]
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise database_error(cache_dir / DB_NAME, exc) from None
     finally:
         engine.dispose()
     return runs
@@ -232,7 +296,10 @@ def history_lines(runs: list[HistoryRun]) -> list[str]:
         return ["no backup has run yet"]
     lines = []
     for run in runs:
-        took = f"{run.finished_at - run.started_at} s" if run.finished_at else "still running?"
+        if run.finished_at:
+            took = f"{run.finished_at - run.started_at} s"
+        else:
+            took = "did not finish" if run.outcome == "killed" else "still running?"
         lines.append(
             f"#{run.id} {_when(run.started_at)} {run.mode} {run.outcome} ({took}): "
             f"{run.files_uploaded} files ({human_bytes(run.bytes_uploaded)}) uploaded, "

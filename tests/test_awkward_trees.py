@@ -622,7 +622,7 @@ def test_a_mount_point_holding_a_marker_file_is_guarded_only_by_the_share_rule(
     assert _last_run(setup) == ("errors", 2, 3, 1)
 
 
-def test_a_vanished_subfolder_of_a_root_is_kept_but_not_reported(setup: Setup, s3: Any) -> None:
+def test_a_vanished_subfolder_of_a_root_is_kept_and_reported(setup: Setup, s3: Any) -> None:
     root = setup.images / "archive"
     setup.file("archive/Wien/a.tif", b"a")
     setup.file("archive/Graz/b.tif", b"b")
@@ -634,11 +634,13 @@ def test_a_vanished_subfolder_of_a_root_is_kept_but_not_reported(setup: Setup, s
     result = setup.run()
 
     # Graz is no longer a backup folder: its bucket and rows are left alone, and
-    # the run does not mention it (unlike a missing backup.folders entry).
-    assert result.returncode == 0, result.stderr
-    assert "Graz" not in result.stdout
-    assert _problems(setup) == []
+    # every run reports it until `matricula-backup forget` closes it.
+    assert result.returncode == 1, result.stderr
+    problems = _problems(setup)
+    assert len(problems) == 1 and problems[0][0] == "config"
+    assert problems[0][2].startswith("no longer a backup folder of config.json")
+    assert "matricula-backup forget" in result.stderr
     assert set(latest_versions(s3, graz_bucket)) == {_key(root / "Graz/b.tif")}
     assert _markers(s3, graz_bucket) == []
     assert _states(setup, root / "Graz") == {"b.tif": "backed_up"}
-    assert _last_run(setup) == ("ok", 0, 0, 0)
+    assert _last_run(setup) == ("errors", 0, 0, 1)

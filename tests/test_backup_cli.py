@@ -221,12 +221,13 @@ def test_roots_give_one_bucket_per_subfolder(setup: Setup, s3: Any) -> None:
     root = setup.images / "archive"
     setup.file("archive/Wien/a.tif", b"1")
     setup.file("archive/Graz/b.tif", b"2")
-    setup.file("archive/loose-file.tif", b"not in a subfolder: not backed up")
+    setup.file("archive/loose-file.tif", b"not in a subfolder: not backed up, but reported")
     setup.write_config(backup__roots=[str(root)])
 
     result = setup.run()
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr  # the loose file (tests/test_roots.py)
+    assert f"{root}/loose-file.tif: backup.roots[0]: a file lying directly" in result.stderr
     buckets = sorted(b["Name"] for b in s3.list_buckets()["Buckets"])
     assert [b.rsplit("-", 1)[0] for b in buckets] == ["graz", "wien"]
     assert set(latest_versions(s3, setup.bucket(root / "Wien"))) == {_key(root / "Wien/a.tif")}

@@ -85,7 +85,10 @@ def test_kill_9_during_every_stage_then_a_full_run_agrees_with_the_tree(
     assert kills == 4
 
     result = setup.run()
-    assert result.returncode == 0, result.stderr
+    # Each run closed the killed run before it; this one reports the last (exit 1).
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("did not finish") == 1
+    assert setup.db("SELECT count(*) FROM runs WHERE outcome = 'killed'") == [(4,)]
     _assert_bucket_and_database_match_tree(setup, s3, folder)
     assert 300 <= s3_proxy.requests["PUT object"] <= 300 + kills * LOST_PER_KILL
 
@@ -100,9 +103,14 @@ def test_kill_9_during_every_stage_then_a_full_run_agrees_with_the_tree(
     _database_opens(setup.cache)
 
     result = setup.run("--allow-mass-delete")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("did not finish") == 1
     _assert_bucket_and_database_match_tree(setup, s3, folder)
-    assert setup.db("SELECT count(*) FROM runs WHERE outcome = 'running'") == [(5,)]
+    assert setup.db("SELECT outcome, count(*) FROM runs GROUP BY outcome ORDER BY 1") == [
+        ("errors", 2),
+        ("killed", 5),
+    ]
+    assert setup.run().returncode == 0  # reported once, not every night
 
 
 def test_kill_9_during_a_reset_then_a_plain_run_adopts_the_bucket(
@@ -119,6 +127,7 @@ def test_kill_9_during_a_reset_then_a_plain_run_adopts_the_bucket(
     _database_opens(setup.cache)
     result = setup.run()
 
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert "did not finish" in result.stderr
     assert s3_proxy.requests["PUT object"] == 0
     _assert_bucket_and_database_match_tree(setup, s3, folder)

@@ -56,7 +56,13 @@ def test_roots_expand_to_their_direct_subfolders(tmp_path: Path) -> None:
 
     assert [f.path for f in folders] == [root / "A", root / "B"]
     assert [f.source for f in folders] == ["backup.roots[0]", "backup.roots[0]"]
-    assert len(problems) == 1 and "backup.roots[1]: folder missing" in problems[0].message
+    said = {p.path: p.message for p in problems}
+    assert set(said) == {str(root / "link"), str(root / "file.tif"), None}
+    assert said[str(root / "link")].startswith(
+        f"backup.roots[0]: symlinked subfolder (-> {root}/A)"
+    )
+    assert said[str(root / "file.tif")].startswith("backup.roots[0]: a file lying directly in")
+    assert said[None].startswith("backup.roots[1]: folder missing")
 
 
 def test_a_root_without_subfolders_is_reported(tmp_path: Path) -> None:

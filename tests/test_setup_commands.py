@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -116,3 +117,36 @@ def test_a_bad_price_is_a_config_error(setup: Setup) -> None:
     result = setup.run("check-config")
     assert result.returncode == 2
     assert "pricing.put_per_1000: must be a price in USD" in result.stderr
+
+
+def test_init_creates_a_missing_cache_directory_owner_only(tmp_path: Path) -> None:
+    cache = tmp_path / "var" / "lib" / "matricula-backup"
+    for command in ("status", "check-config"):  # the other commands still refuse it
+        refused = subprocess.run(
+            [CLI, command, "--cache", str(cache)], capture_output=True, text=True
+        )
+        assert refused.returncode == 2 and "no such directory" in refused.stderr
+        assert not cache.parent.exists()
+
+    result = subprocess.run([CLI, "init", "--cache", str(cache)], capture_output=True, text=True)
+
+    assert result.returncode == 0, result.stderr
+    assert f"created {cache} (mode 700)" in result.stdout
+    assert cache.stat().st_mode & 0o777 == 0o700
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (tmp_path / "var").stat().st_mode & 0o777 == 0o777 & ~umask  # parents: the usual mode
+    assert (cache / "config.json").stat().st_mode & 0o777 == 0o600
+    check = subprocess.run(
+        [CLI, "check-config", "--cache", str(cache)], capture_output=True, text=True
+    )
+    assert "config.json is valid" in check.stdout
+
+
+def test_init_says_why_it_cannot_create_the_cache_directory(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    result = subprocess.run(
+        [CLI, "init", "--cache", str(tmp_path / "file" / "cache")], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "cannot create the cache directory" in result.stderr and "Traceback" not in result.stderr

@@ -20,28 +20,39 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from matricula_backup import __version__
 from matricula_backup.errors import DatabaseError
 
 logger = logging.getLogger(__name__)
 
 DB_NAME = "state.db"
+# What opening, reading or upgrading the file can raise (alembic: a revision it
+# cannot place); each becomes one DatabaseError sentence, never a traceback.
+_OPEN_ERRORS = (OSError, SQLAlchemyError, sqlite3.Error, CommandError)
 
 
 def open_state_db(cache_dir: Path) -> Engine:
     """The read-write engine of a real run, at the newest schema."""
     path = cache_dir / DB_NAME
     try:
+        _refuse_directory(path)
         if not path.exists():
             # Created owner-only: it lists every file of the archive.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         engine = _engine(f"sqlite+pysqlite:///{path}", wal=True)
-        upgrade(engine)
+        try:
+            _refuse_newer(engine, path)
+            upgrade(engine)
+        except BaseException:
+            engine.dispose()
+            raise
         return engine
-    except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
+    except _OPEN_ERRORS as exc:
         raise DatabaseError(_explain(path, exc)) from None
 
 
@@ -49,10 +60,16 @@ def open_state_db_for_dry_run(cache_dir: Path) -> Engine:
     """An engine that cannot change ``state.db``; temp tables still work."""
     path = cache_dir / DB_NAME
     try:
+        _refuse_directory(path)
         if path.exists():
             engine = _engine(f"sqlite+pysqlite:///file:{path}?mode=ro&uri=true", wal=False)
-            if is_current(engine):
-                return engine
+            try:
+                _refuse_newer(engine, path)
+                if is_current(engine):
+                    return engine
+            except BaseException:
+                engine.dispose()
+                raise
             engine.dispose()
             logger.info("dry run: %s has an older schema; working on a copy in memory", path)
         memory = _engine("sqlite+pysqlite://", wal=False, single=True)
@@ -65,8 +82,13 @@ def open_state_db_for_dry_run(cache_dir: Path) -> Engine:
                     raw.close()
         upgrade(memory)
         return memory
-    except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
+    except _OPEN_ERRORS as exc:
         raise DatabaseError(_explain(path, exc)) from None
+
+
+def database_error(path: Path, exc: BaseException) -> DatabaseError:
+    """A read of ``state.db`` failed after it was opened: the same plain message."""
+    return DatabaseError(_explain(path, exc))
 
 
 def migrations_dir() -> Path:
@@ -89,6 +111,29 @@ def is_current(engine: Engine) -> bool:
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision() == head
+
+
+def _refuse_directory(path: Path) -> None:
+    if path.is_dir():
+        raise DatabaseError(
+            f"{path} is a directory, not the state database; move it aside (the next run "
+            "creates the database and adopts what the buckets hold)"
+        )
+
+
+def _refuse_newer(engine: Engine, path: Path) -> None:
+    """A schema revision this version does not know was written by a newer version."""
+    script = ScriptDirectory.from_config(alembic_config())
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current is None or current in {revision.revision for revision in script.walk_revisions()}:
+        return
+    raise DatabaseError(
+        f"{path} was written by a newer version of matricula-backup (schema revision "
+        f"{current[:40]!r}; this version, {__version__}, knows revisions up to "
+        f"{script.get_current_head()!r}): upgrade matricula-backup on this machine; the file "
+        "is left unchanged"
+    )
 
 
 def upgrade(engine: Engine) -> None:

@@ -150,6 +150,38 @@ def mark_object_lock(conn: Connection, bucket: str, locked: bool) -> None:
     conn.commit()
 
 
+@dataclass(frozen=True)
+class DeadRun:
+    id: int
+    started_at: int
+    hostname: str
+
+
+def close_dead_runs(conn: Connection) -> list[DeadRun]:
+    """Mark runs still ``running`` as ``killed``; call it only while holding the lock.
+
+    Every real run holds the exclusive lock of the cache directory from before
+    its ``runs`` row is written until after it is finished, and the kernel
+    drops the lock when a process dies. So a ``running`` row seen by the lock's
+    holder before it starts its own belongs to a process that is gone (kill -9,
+    the OOM killer, a power cut): no pid needs to be compared.
+    """
+    dead = [
+        DeadRun(row.id, row.started_at, row.hostname)
+        for row in conn.execute(
+            select(runs.c.id, runs.c.started_at, runs.c.hostname)
+            .where(runs.c.outcome == "running")
+            .order_by(runs.c.id)
+        )
+    ]
+    if dead:
+        conn.execute(
+            update(runs).where(runs.c.id.in_([run.id for run in dead])).values(outcome="killed")
+        )
+    conn.commit()
+    return dead
+
+
 def start_run(conn: Connection, mode: str, hostname: str) -> int:
     run_id = conn.execute(
         insert(runs).values(

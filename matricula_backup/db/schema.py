@@ -58,7 +58,9 @@ runs = Table(
     Column("finished_at", Integer),
     Column("hostname", Text, nullable=False),
     Column("mode", Text, nullable=False),  # backup | reset
-    Column("outcome", Text, nullable=False),  # running | ok | errors | failed | interrupted
+    # running | ok | errors | failed | interrupted | killed (a later run found it
+    # still running: its process died without finishing it)
+    Column("outcome", Text, nullable=False),
     Column("files_uploaded", Integer, nullable=False, server_default=text("0")),
     Column("bytes_uploaded", Integer, nullable=False, server_default=text("0")),
     Column("files_deleted", Integer, nullable=False, server_default=text("0")),
