@@ -21,13 +21,14 @@ from typing import Annotated
 
 import typer
 
-from matricula_backup import __version__, interrupt, notify
+from matricula_backup import __version__, config_alert, interrupt, notify
 from matricula_backup.config import CONFIG_NAME, Settings, load_settings, redact_url, template
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_WITH_ERRORS,
+    ConfigError,
     FatalError,
     LockHeld,
 )
@@ -141,6 +142,8 @@ def backup(
     settings: Settings | None = None
     try:
         settings = _load(cache)
+        if not dry_run:
+            config_alert.forget(cache)
         options = RunOptions(
             dry_run=dry_run,
             reset=reset,
@@ -161,6 +164,9 @@ def backup(
                 report = run_backup(settings, options, TerminalProgress() if live else None)
     except FatalError as exc:
         logger.error("%s", exc)
+        if settings is None and isinstance(exc, ConfigError) and not dry_run:
+            # config.json did not load: Teams is told if its webhook can be read.
+            config_alert.tell_teams(cache, str(exc), log_path or cache / LOG_NAME)
         if settings is not None and not dry_run and _worth_telling(exc, settings):
             _notify(settings, _fatal_report(exc, reset), log_path or cache / LOG_NAME)
         raise typer.Exit(exc.exit_code) from None
