@@ -70,9 +70,14 @@ def tell_teams(cache: Path, error: str, log_path: Path, now: float | None = None
 
 def forget(cache: Path) -> None:
     """config.json loads again: the next config error is sent at once."""
-    with contextlib.suppress(FileNotFoundError):
+    try:
         (cache / MEMORY_NAME).unlink()
-        logger.info("config.json loads again; the config error is no longer remembered")
+    except FileNotFoundError:
+        return
+    except OSError as exc:  # a cache directory that is not writable is reported later
+        logger.warning("cannot remove %s: %s", cache / MEMORY_NAME, exc)
+        return
+    logger.info("config.json loads again; the config error is no longer remembered")
 
 
 def webhook_in(path: Path) -> str | None:

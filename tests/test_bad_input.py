@@ -18,7 +18,13 @@ from matricula_backup.errors import ConfigError
 from tests.conftest import CLI, Setup
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()  # NaN and infinities too: json.loads makes them from NaN, 1e999
+    | st.text()
+    # What no JSON text gives json.loads here, but parse_settings must not choke on.
+    | st.sampled_from([10**400, -(10**4200), "/a\ud800", "/a\x00b", "\udcff"]),
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4)
     ),
@@ -33,6 +39,7 @@ config_like = st.fixed_dictionaries(
         "backup": st.dictionaries(known_keys, json_values, max_size=5) | json_values,
         "notification": st.dictionaries(known_keys, json_values, max_size=2) | json_values,
         "aws": st.dictionaries(known_keys, json_values, max_size=5) | json_values,
+        "pricing": st.dictionaries(known_keys, json_values, max_size=3) | json_values,
     },
 )
 
@@ -44,6 +51,7 @@ def test_no_json_document_crashes_the_loader(raw: Any) -> None:
         result = parse_settings(raw, Path("/nonexistent-cache"))
     except ConfigError as exc:
         assert str(exc).startswith("config.json")
+        str(exc).encode("utf-8")  # printable and loggable: no lone surrogate in it
     else:
         assert isinstance(result, Settings)
 
