@@ -324,7 +324,7 @@ def _bandwidth(section: dict[str, Any]) -> int | None:
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise ValueError(value)
         return parse_rate(str(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # "999...9" overflows the float it goes through
         raise ConfigError(
             f"{CONFIG_NAME}: backup.max_bandwidth: {value!r} is not a rate; write e.g. "
             '"20MB/s", "512KiB/s" or null for no limit'

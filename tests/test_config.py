@@ -87,6 +87,10 @@ def test_a_full_config_is_read(tmp_path: Path) -> None:
         ),
         ({"backup": {"folders": ["/a\udcff"]}}, "backup.folders[0]: contains a lone surrogate"),
         (
+            {"backup": {"folders": ["/a"], "max_bandwidth": "9" * 400 + "MB/s"}},
+            "backup.max_bandwidth: '999",  # a float overflow inside, not a traceback
+        ),
+        (
             {"backup": {"folders": ["/a"], "exclude": ["a\x00"]}},
             "backup.exclude[0]: contains a NUL",
         ),
