@@ -44,8 +44,27 @@ config_like = st.fixed_dictionaries(
 )
 
 
+# Valid but for one section, whose own keys get odd values: every validator behind
+# the unknown-key and folder checks is reached.
+odd_values = (
+    json_values
+    | st.integers(310, 400).map(lambda n: "9" * n)  # overflows a float
+    | st.text(alphabet="0123456789e.-+ KMGiB/s", max_size=30)
+)
+nearly_valid = st.sampled_from(sorted(set(_ALLOWED) - {""})).flatmap(
+    lambda name: st.dictionaries(
+        st.sampled_from(sorted(_ALLOWED[name] - {"folders", "roots"})), odd_values, max_size=2
+    ).map(
+        lambda section: {
+            "backup": {"folders": ["/nonexistent-images"]},
+            name: {**section, **({"folders": ["/nonexistent-images"]} if name == "backup" else {})},
+        }
+    )
+)
+
+
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(raw=json_values | config_like)
+@given(raw=json_values | config_like | nearly_valid)
 def test_no_json_document_crashes_the_loader(raw: Any) -> None:
     try:
         result = parse_settings(raw, Path("/nonexistent-cache"))
