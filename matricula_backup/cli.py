@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from matricula_backup import __version__, iam, interrupt, notify
+from matricula_backup import __version__, config_alert, iam, interrupt, notify
 from matricula_backup.config import (
     CONFIG_NAME,
     ObjectLock,
@@ -42,8 +42,8 @@ from matricula_backup.errors import (
 )
 from matricula_backup.escape import printable
 from matricula_backup.folders import backup_folders, bucket_name
-from matricula_backup.localfs import current_umask
 from matricula_backup.forget import forget_lines, gone_paths, run_forget
+from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.pricing import cost_lines
@@ -164,6 +164,8 @@ def backup(
     settings: Settings | None = None
     try:
         settings = _load(cache)
+        if not dry_run:
+            config_alert.forget(cache)
         options = RunOptions(
             dry_run=dry_run,
             reset=reset,
@@ -185,6 +187,9 @@ def backup(
                 report = run_backup(settings, options, TerminalProgress() if live else None)
     except FatalError as exc:
         logger.error("%s", exc)
+        if settings is None and isinstance(exc, ConfigError) and not dry_run:
+            # config.json did not load: Teams is told if its webhook can be read.
+            config_alert.tell_teams(cache, str(exc), log_path or cache / LOG_NAME)
         if settings is not None and not dry_run and _worth_telling(exc, settings):
             _notify(settings, _fatal_report(exc, reset), log_path or cache / LOG_NAME)
         raise typer.Exit(exc.exit_code) from None

@@ -11,6 +11,7 @@ other folders, so ``folders.py`` reports them per folder at run time.
 from __future__ import annotations
 
 import json
+import math
 import os.path
 import re
 from dataclasses import asdict, dataclass, field, replace
@@ -81,6 +82,7 @@ class ObjectLock:
     mode: str  # GOVERNANCE | COMPLIANCE
     days: int
     renew_days: int
+MAX_PRICE = 1_000_000  # USD; the list prices are fractions of a dollar
 
 
 @dataclass(frozen=True)
@@ -143,11 +145,14 @@ def load_settings(cache_dir: Path) -> Settings:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:
-        raw = json.loads(text)
+        # A byte-order mark (Windows Notepad writes one) is not part of the JSON.
+        raw = json.loads(text.removeprefix("\ufeff"), **_JSON_HOOKS)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"{CONFIG_NAME}: not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         ) from None
+    except ValueError as exc:
+        raise ConfigError(f"{CONFIG_NAME}: not valid JSON: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{CONFIG_NAME}: not valid JSON: nested too deeply") from None
     settings = parse_settings(raw, cache_dir)
@@ -163,16 +168,21 @@ def load_settings(cache_dir: Path) -> Settings:
 
 def parse_settings(raw: Any, cache_dir: Path) -> Settings:
     """Validate the parsed JSON document; raise ConfigError naming the bad field."""
+    _check_values(raw)
     top = _section(raw, "")
     backup = _section(top.get("backup", {}), "backup")
     notification = _section(top.get("notification", {}), "notification")
     aws = _section(top.get("aws", {}), "aws")
     prices = _section(top.get("pricing", {}), "pricing")
     for key, value in prices.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_PRICE
+        ):
             raise ConfigError(
-                f"{CONFIG_NAME}: pricing.{key}: must be a price in USD (a number >= 0), "
-                f"not {value!r}"
+                f"{CONFIG_NAME}: pricing.{key}: must be a price in USD (a number from 0 to "
+                f"{MAX_PRICE:,}), not {value!r}"
             )
 
     folders = _paths(backup, "folders")
@@ -300,7 +310,11 @@ def _paths(section: dict[str, Any], key: str) -> tuple[Path, ...]:
         path = Path(os.path.normpath(item))
         if path == Path("/"):
             raise ConfigError(f"{where}: the file system root cannot be a backup folder")
-        if path.exists() and not path.is_dir():
+        try:
+            not_a_directory = path.exists() and not path.is_dir()
+        except OSError as exc:  # a name too long for the file system, ...
+            raise ConfigError(f"{where}: cannot be used: {exc.strerror}: {item}") from None
+        if not_a_directory:
             raise ConfigError(f"{where}: not a directory: {item}")
         if path in paths:
             raise ConfigError(f"{where}: listed twice: {item}")
@@ -337,7 +351,7 @@ def _bandwidth(section: dict[str, Any]) -> int | None:
         if isinstance(value, bool) or not isinstance(value, str | int):
             raise ValueError(value)
         return parse_rate(str(value))
-    except ValueError:
+    except (ValueError, OverflowError):  # "999...9" overflows the float it goes through
         raise ConfigError(
             f"{CONFIG_NAME}: backup.max_bandwidth: {value!r} is not a rate; write e.g. "
             '"20MB/s", "512KiB/s" or null for no limit'
@@ -456,3 +470,114 @@ def _kind(value: Any) -> str:
         float: "a number",
     }
     return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+# --- JSON oddities: NaN, Infinity, numbers too long to convert, surrogates, NUL -------------
+
+# Python converts at most 4,300 digits between int and str (a ValueError otherwise,
+# even in json.loads and repr): longer numbers are refused, at their key.
+MAX_DIGITS = 4300
+
+
+@dataclass(frozen=True)
+class _Unusable:
+    """A JSON value Python would take but no setting can use; refused at its key."""
+
+    why: str
+
+
+class _Object(dict[str, Any]):
+    """A JSON object that remembers keys given twice (json.loads keeps the last)."""
+
+    twice: tuple[str, ...] = ()
+
+
+def _object(pairs: list[tuple[str, Any]]) -> _Object:
+    result = _Object(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        twice = []
+        for key, _value in pairs:
+            if key in seen:
+                twice.append(key)
+            seen.add(key)
+        result.twice = tuple(twice)
+    return result
+
+
+def _number(text: str) -> Any:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_DIGITS:
+        return _Unusable(f"a number of {digits} digits is too long; write a number of normal size")
+    return int(text)
+
+
+def _float(text: str) -> Any:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    shown = text if len(text) <= 24 else f"{text[:12]}… ({len(text)} characters)"
+    return _Unusable(f"{shown} is too large; write a number of normal size")
+
+
+def _constant(name: str) -> _Unusable:  # NaN, Infinity, -Infinity: not JSON, Python takes them
+    return _Unusable(f"{name} is not a number JSON allows; write a number")
+
+
+_JSON_HOOKS: dict[str, Any] = {
+    "parse_int": _number,
+    "parse_float": _float,
+    "parse_constant": _constant,
+    "object_pairs_hook": _object,
+}
+
+
+def _check_values(raw: Any) -> None:
+    """Refuse, naming the key path, what JSON allows but no setting can hold.
+
+    Iterative, not recursive: any document json.loads returned is walked.
+    """
+    todo: list[tuple[str, Any]] = [("", raw)]
+    while todo:
+        where, value = todo.pop()
+        here = f"{CONFIG_NAME}: {where}" if where else CONFIG_NAME
+        if isinstance(value, dict):
+            twice = getattr(value, "twice", ())
+            if twice:
+                raise ConfigError(f"{here}: key {_shown(twice[0])} is given twice; keep one")
+            for key, item in value.items():
+                shown = _shown(key) if isinstance(key, str) else repr(key)
+                if isinstance(key, str) and _bad_text(key):
+                    raise ConfigError(f"{here}: the key {shown} {_bad_text(key)}")
+                todo.append((f"{where}.{shown}" if where else shown, item))
+        elif isinstance(value, list):
+            todo.extend((f"{where}[{index}]", item) for index, item in enumerate(value))
+        elif isinstance(value, _Unusable):
+            raise ConfigError(f"{here}: {value.why}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{here}: {_constant(str(value)).why}")
+        elif isinstance(value, int) and value.bit_length() > MAX_DIGITS * 3:
+            raise ConfigError(
+                f"{here}: a number of more than {MAX_DIGITS} digits is too long; write a number of "
+                "normal size"
+            )
+        elif isinstance(value, str) and _bad_text(value):
+            raise ConfigError(f"{here}: {_bad_text(value)}")
+
+
+def _bad_text(text: str) -> str | None:
+    """What makes a string unusable (as a path, a key, a header), or None."""
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which no path or name can hold"
+    for char in text:
+        if "\ud800" <= char <= "\udfff":
+            return (
+                f"contains a lone surrogate ({char.encode('unicode_escape').decode()}), "
+                "which is not text: write the character itself, in UTF-8"
+            )
+    return None
+
+
+def _shown(key: str) -> str:
+    """A key as it may be printed: itself, or quoted and escaped if it is odd."""
+    return key if key.isprintable() and key and len(key) <= 100 else repr(key[:100])

@@ -130,6 +130,38 @@ def _card_text(text: str) -> str:
     return printable(text).replace("](", "]\u200b(")
 
 
+def config_error_card(
+    hostname: str, config_path: Path, error: str, log_path: Path
+) -> dict[str, Any]:
+    """config.json stopped the run: which key is wrong, and that no backup ran."""
+    return _envelope(
+        [
+            _title(f"Matricula backup on {hostname}: no backup ran (config.json)", "Attention"),
+            {
+                "type": "TextBlock",
+                "wrap": True,
+                "text": f"{config_path} is not valid, so the backup stopped before doing "
+                "anything: no folder was scanned, nothing was uploaded or deleted.",
+            },
+            {
+                "type": "TextBlock",
+                "wrap": True,
+                "fontType": "Monospace",
+                "size": "Small",
+                "text": error[:2000],
+            },
+            {
+                "type": "TextBlock",
+                "wrap": True,
+                "isSubtle": True,
+                "text": "Fix the key named above, then check it with `matricula-backup "
+                f"check-config --cache {config_path.parent}`. Every run stops until then; "
+                f"this message is repeated once a day while the error stays. Log: {log_path}",
+            },
+        ]
+    )
+
+
 def _title(text: str, color: str) -> dict[str, Any]:
     return {
         "type": "TextBlock",

@@ -46,6 +46,9 @@ class UploadItem:
     reason: str  # new, changed size, changed mtime, retry
     in_bucket_sha256: bytes | None  # of the bucket's latest version, if recorded
     changed: bool = False  # was backed up, size or mtime differ now (mass change guard)
+    # The row was adopted from a bucket listing (no mtime or SHA-256 of its own) and
+    # the file has the object's size: HEAD the latest version before uploading.
+    check_bucket: bool = False
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,15 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
                -- Only a confirmed row says what the bucket's latest version holds: after
                -- a change, an unconfirmed upload of other bytes may have landed.
                CASE WHEN f.state = '{BACKED_UP}' THEN f.sha256 END AS in_bucket_sha256,
-               -- Backed up, and size or mtime differ now: what the mass change guard counts.
-               coalesce(f.state = '{BACKED_UP}', 0) AS is_changed
+               -- Backed up, and size or mtime differ now: what the mass change guard counts
+               -- (not a row adopted from a listing whose size matches: its mtime is unknown,
+               -- and the bucket is asked before anything is sent).
+               coalesce(f.state = '{BACKED_UP}' AND NOT (f.sha256 IS NULL
+                   AND f.uploaded_at IS NOT NULL AND f.size = s.size), 0) AS is_changed,
+               -- Adopted from a listing (uploaded_at without a sha256: the listing has
+               -- no metadata) and of the object's size: the bucket may hold these bytes.
+               coalesce(f.sha256 IS NULL AND f.uploaded_at IS NOT NULL AND f.size = s.size, 0)
+                   AS check_bucket
         FROM temp.scan AS s LEFT JOIN "{table}" AS f ON f.path = s.path
         WHERE f.path IS NULL OR f.state != '{BACKED_UP}'
            OR f.size != s.size OR f.mtime_ns != s.mtime_ns
@@ -214,12 +224,15 @@ def upload_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[Up
     """Stream ``upload_queue`` in path order, a batch at a time."""
     for rows in _pages(
         conn,
-        "rowid, path, size, mtime_ns, reason, in_bucket_sha256, is_changed",
+        "rowid, path, size, mtime_ns, reason, in_bucket_sha256, is_changed, check_bucket",
         "temp.upload_queue",
         "",
         batch_size,
     ):
-        yield [UploadItem(row[1], row[2], row[3], row[4], row[5], bool(row[6])) for row in rows]
+        yield [
+            UploadItem(row[1], row[2], row[3], row[4], row[5], bool(row[6]), bool(row[7]))
+            for row in rows
+        ]
 
 
 def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[str]]:
@@ -258,12 +271,13 @@ def record_uploaded(conn: Connection, table: str, done: list[Uploaded]) -> None:
             WHERE path = ?""",
             sent,
         )
-    # Same bytes as the bucket's latest version: only the new mtime is recorded.
-    same = [(d.size, d.mtime_ns, d.path) for d in done if not d.sent]
+    # Same bytes as the bucket's latest version: the new mtime is recorded, and for a
+    # row adopted from a listing the SHA-256 (and version) the bucket holds.
+    same = [(d.size, d.mtime_ns, d.sha256, d.version_id, d.path) for d in done if not d.sent]
     if same:
         conn.exec_driver_sql(
             f"""UPDATE "{table}" SET size = ?, mtime_ns = ?, state = '{BACKED_UP}',
-            error = NULL WHERE path = ?""",
+            sha256 = ?, version_id = coalesce(?, version_id), error = NULL WHERE path = ?""",
             same,
         )
 

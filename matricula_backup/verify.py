@@ -6,7 +6,8 @@ differences against the folder's files table give the findings:
 - missing: backed up according to state.db, not (or no longer) in the bucket.
   Re-queued: the next backup run uploads it again.
 - stray: in the bucket, unknown to state.db (``--reset`` adopts such objects
-  and deletes those whose files are gone).
+  and deletes those whose files are gone); and any object outside the
+  folder's prefix (the listing covers the whole bucket).
 - size / version / storage class: the bucket's latest version differs.
 - bucket settings: versioning not enabled, lifecycle rules not ours or a rule
   that can destroy data, a bucket policy that lets others in, Object Lock
@@ -132,17 +133,36 @@ def _verify_folder(
         "CREATE TEMP TABLE listed (path TEXT PRIMARY KEY, size INTEGER, storage_class TEXT, "
         "version_id TEXT) WITHOUT ROWID"
     )
+    outside = 0
     if versioning is not None:
-        for page in s3.list_versions(store, bucket, prefix):
+        # The whole bucket, not only the folder's prefix: an object written elsewhere
+        # in it (by hand, by stolen keys) is a finding too, in the same one listing.
+        for page in s3.list_versions(store, bucket, ""):
+            latest = [v for v in page if v.is_latest and not v.is_marker]
             rows = [
                 (v.key[len(prefix) :], v.size, v.storage_class, v.version_id)
-                for v in page
-                if v.is_latest and not v.is_marker
+                for v in latest
+                if v.key.startswith(prefix)
             ]
             if rows:
                 conn.exec_driver_sql("INSERT INTO temp.listed VALUES (?, ?, ?, ?)", rows)
+            for v in latest:
+                if not v.key.startswith(prefix):
+                    outside += 1
+                    found(
+                        Finding(
+                            folder,
+                            bucket,
+                            "stray",
+                            f"object {_shown(v.key)} lies outside this folder's prefix "
+                            f"{_shown(prefix)}: this tool never writes there (look at it; "
+                            "a backup run neither uses nor deletes it)",
+                        )
+                    )
     check.rows = int(conn.exec_driver_sql(f'SELECT count(*) FROM "{table}"').scalar_one())
-    check.objects = int(conn.exec_driver_sql("SELECT count(*) FROM temp.listed").scalar_one())
+    check.objects = outside + int(
+        conn.exec_driver_sql("SELECT count(*) FROM temp.listed").scalar_one()
+    )
 
     for path, size, listed_size, listed_version, version, storage_class in conn.exec_driver_sql(
         f"""SELECT f.path, f.size, l.size, l.version_id, f.version_id, l.storage_class
@@ -203,7 +223,7 @@ def _verify_folder(
                 "stray",
                 "in the bucket, unknown to state.db (run a backup "
                 "with --reset to adopt it, or delete it if its file is gone)",
-                path,
+                _shown(path),
             )
         )
     if deep:
@@ -302,3 +322,12 @@ def _head(store: s3.Store, bucket: str, key: str, version_id: str) -> s3.ObjectS
         return s3.head(store, bucket, key, version_id)
     except s3.S3_ERRORS as exc:
         return s3.describe(exc)
+
+
+def _shown(key: str) -> str:
+    """A key from the bucket as it may be printed: control characters and lone
+    surrogates escaped (a key is whatever its writer chose)."""
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape", "backslashreplace").decode()
+        for char in key
+    )

@@ -115,6 +115,9 @@ def upload_all(
             if item.changed:
                 report.changed_uploaded += 1
             logger.debug("uploaded %s (%d bytes, version %s)", path, done.size, done.version_id)
+        elif item.check_bucket:
+            report.already_in_bucket += 1
+            logger.debug("not uploaded, the bucket's latest version holds its bytes: %s", path)
         else:
             report.same_content += 1
             logger.debug("not uploaded, same bytes as in the bucket (touched only): %s", path)
@@ -148,17 +151,29 @@ def upload_all(
                     path = os.path.join(folder.path, item.path)
                     logger.debug("upload (%s): %s", item.reason, path)
                     key = folder.key_prefix + item.path
-                    future = pool.submit(
-                        s3.upload,
-                        store,
-                        record.bucket,
-                        key,
-                        path,
-                        item.path,
-                        should_stop,
-                        item.in_bucket_sha256,
-                        lock,
-                    )
+                    if item.check_bucket:
+                        future = pool.submit(
+                            s3.upload_unless_in_bucket,
+                            store,
+                            record.bucket,
+                            key,
+                            path,
+                            item.path,
+                            should_stop,
+                            lock,
+                        )
+                    else:
+                        future = pool.submit(
+                            s3.upload,
+                            store,
+                            record.bucket,
+                            key,
+                            path,
+                            item.path,
+                            should_stop,
+                            item.in_bucket_sha256,
+                            lock,
+                        )
                     in_flight[future] = item
                     future.add_done_callback(finished.put)
             settle_finished(block_until_below=1)

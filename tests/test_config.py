@@ -77,6 +77,23 @@ def test_a_full_config_is_read(tmp_path: Path) -> None:
             {"backup": {"folders": ["/a"]}, "notification": {"webhook": "ftp://h/x?sig=S"}},
             "notification.webhook: must be an http:// or https:// URL",
         ),
+        (
+            {"backup": {"folders": ["/a"]}, "pricing": {"put_per_1000": 10**400}},
+            "pricing.put_per_1000: must be a price in USD (a number from 0 to 1,000,000)",
+        ),
+        (
+            {"backup": {"folders": ["/a"]}, "pricing": {"get_per_1000": float("nan")}},
+            "config.json: pricing.get_per_1000: nan is not a number JSON allows",
+        ),
+        ({"backup": {"folders": ["/a\udcff"]}}, "backup.folders[0]: contains a lone surrogate"),
+        (
+            {"backup": {"folders": ["/a"], "max_bandwidth": "9" * 400 + "MB/s"}},
+            "backup.max_bandwidth: '999",  # a float overflow inside, not a traceback
+        ),
+        (
+            {"backup": {"folders": ["/a"], "exclude": ["a\x00"]}},
+            "backup.exclude[0]: contains a NUL",
+        ),
     ],
 )
 def test_mistakes_name_the_field(raw: Any, expected: str, tmp_path: Path) -> None:

@@ -133,3 +133,25 @@ def test_history_lists_runs_with_per_folder_counts(setup: Setup) -> None:
     assert lines[2].startswith("#1 ") and "3 files (1.5 KiB) uploaded" in lines[2]
     assert len(data) == 1 and data[0]["folders"][0]["files_uploaded"] == 1
     assert data[0]["folders"][0]["s3_requests"] == 5  # 3 bucket checks, 1 PUT, 1 DeleteObjects
+
+
+def test_an_object_outside_the_folders_prefix_is_a_stray_finding(
+    setup: Setup, s3: Any, s3_proxy: CountingProxy
+) -> None:
+    folder, bucket = _backed_up(setup)
+    # A right-to-left override and a DEL in the key: printed escaped, not as they are.
+    planted = "elsewhere/note\u202etxt.exe\x7f"
+    s3.put_object(Bucket=bucket, Key=planted, Body=b"?")
+    s3_proxy.reset_counts()
+
+    result = setup.run("verify")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "3 files in state.db, 4 objects in the bucket" in result.stdout
+    assert (
+        f"stray: s3://{bucket}: object elsewhere/note\\u202etxt.exe\\x7f lies outside this "
+        f"folder's prefix {_key(folder)}/" in result.stdout
+    )
+    assert "\u202e" not in result.stdout and "\x7f" not in result.stdout
+    assert "1 findings" in result.stdout
+    assert s3_proxy.requests["GET versions"] == 1  # still one listing for the whole bucket
