@@ -113,8 +113,9 @@ class Setup:
 
     def db(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         import sqlite3
+        from contextlib import closing
 
-        with sqlite3.connect(self.cache / "state.db") as conn:
+        with closing(sqlite3.connect(self.cache / "state.db")) as conn, conn:
             return list(conn.execute(sql, params))
 
     def table(self, folder: Path) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+from contextlib import closing
 import subprocess
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def _kill_when(process: subprocess.Popen[bytes], condition: Any, timeout: float 
 
 
 def _database_opens(cache: Path) -> None:
-    with sqlite3.connect(cache / "state.db") as conn:
+    with closing(sqlite3.connect(cache / "state.db")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 

@@ -9,6 +9,7 @@ than this version of the tool.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -57,7 +58,8 @@ def open_state_db_for_dry_run(cache_dir: Path) -> Engine:
             logger.info("dry run: %s has an older schema; working on a copy in memory", path)
         memory = _engine("sqlite+pysqlite://", wal=False, single=True)
         if path.exists():
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as source:
+            # closing: sqlite3's own context manager commits but does not close.
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as source:
                 raw = memory.raw_connection()
                 try:
                     source.backup(raw.driver_connection)  # type: ignore[arg-type]
