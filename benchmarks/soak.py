@@ -35,8 +35,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import closing
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

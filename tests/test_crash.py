@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-from contextlib import closing
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
