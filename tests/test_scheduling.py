@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import CLI, Setup
+from tests.conftest import CLI, Setup, skip_unless_other_users_can_run_the_command
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "systemd"
 INSTALLED_CLI = "/opt/matricula-backup/bin/matricula-backup"
@@ -38,6 +38,7 @@ def _unit(path: Path) -> dict[str, list[str]]:
 def _as_service_user(setup: Setup) -> list[str]:
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to run as the service's user")
+    skip_unless_other_users_can_run_the_command()
     for parent in setup.tmp.parents:  # pytest's temp root is 0700: let the user through
         if parent == Path("/tmp"):
             break

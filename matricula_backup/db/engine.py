@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ def open_state_db(cache_dir: Path) -> Engine:
             # Created owner-only: it lists every file of the archive.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         engine = _engine(f"sqlite+pysqlite:///{path}", wal=True)
-        upgrade(engine)
+        with _disposed_on_error(engine):
+            upgrade(engine)
         return engine
     except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
         raise DatabaseError(_explain(path, exc)) from None
@@ -52,23 +54,41 @@ def open_state_db_for_dry_run(cache_dir: Path) -> Engine:
     try:
         if path.exists():
             engine = _engine(f"sqlite+pysqlite:///file:{path}?mode=ro&uri=true", wal=False)
-            if is_current(engine):
+            with _disposed_on_error(engine):
+                current = is_current(engine)
+            if current:
                 return engine
             engine.dispose()
             logger.info("dry run: %s has an older schema; working on a copy in memory", path)
         memory = _engine("sqlite+pysqlite://", wal=False, single=True)
-        if path.exists():
-            # closing: sqlite3's own context manager commits but does not close.
-            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as source:
-                raw = memory.raw_connection()
-                try:
-                    source.backup(raw.driver_connection)  # type: ignore[arg-type]
-                finally:
-                    raw.close()
-        upgrade(memory)
+        with _disposed_on_error(memory):
+            _copy_and_upgrade(path, memory)
         return memory
     except (OSError, SQLAlchemyError, sqlite3.Error) as exc:
         raise DatabaseError(_explain(path, exc)) from None
+
+
+@contextlib.contextmanager
+def _disposed_on_error(engine: Engine) -> Iterator[None]:
+    """An engine that failed to open closes its connections (Python 3.13 warns otherwise)."""
+    try:
+        yield
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def _copy_and_upgrade(path: Path, memory: Engine) -> None:
+    """Copy an older ``state.db`` into the in-memory database, then upgrade the copy."""
+    if path.exists():
+        # closing: sqlite3's own context manager commits but does not close.
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as source:
+            raw = memory.raw_connection()
+            try:
+                source.backup(raw.driver_connection)  # type: ignore[arg-type]
+            finally:
+                raw.close()
+    upgrade(memory)
 
 
 def migrations_dir() -> Path:
