@@ -117,8 +117,9 @@ def _run_cost_line(prices: Prices, requests_by_operation: dict[str, int]) -> str
     puts = sum(n for op, n in requests_by_operation.items() if op in BILLED_AS_PUT)
     others = total - puts
     cost = prices.requests_cost(puts) + others / 1000 * prices.get_per_1000
+    shown = f"about {usd(cost)}" if cost >= 0.00001 else "less than $0.00001"
     return (
-        f"cost of this run: about {usd(cost)} for its {total} S3 requests: {puts} PUT/LIST at "
+        f"cost of this run: {shown} for its {total} S3 requests: {puts} PUT/LIST at "
         f"{usd(prices.put_per_1000)} per 1,000 and {others} others (GET/HEAD at "
         f"{usd(prices.get_per_1000)} per 1,000, DELETE free)"
     )
