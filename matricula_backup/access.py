@@ -33,7 +33,7 @@ def read_hint() -> str:
     user = user_name()
     return (
         f"give {user} read access, e.g. setfacl -R -m u:{user}:rX FOLDER and "
-        f"setfacl -R -d -m u:{user}:rX FOLDER (or a group with g+rX; see the README)"
+        f"setfacl -R -d -m u:{user}:rX FOLDER, or a group with g+rX: see the README"
     )
 
 

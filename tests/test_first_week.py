@@ -3,6 +3,7 @@ connection, reading the output. Every test runs the real command."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -73,6 +74,46 @@ def test_an_unreadable_config_says_whose_it_is_and_how_to_fix_it() -> None:
     assert "belongs to root (mode 600) and this runs as nobody" in result.stderr
     assert f"chown nobody {config} && chmod 600 {config}" in result.stderr
     assert "runuser -u root --" in result.stderr
+
+
+def test_permission_denied_says_how_to_give_the_account_read_access(setup: Setup) -> None:
+    skip_unless_other_users_can_run_the_command()
+    top = Path(tempfile.mkdtemp(prefix="mb-denied-", dir="/tmp"))  # tmp_path is root-only
+    try:
+        top.chmod(0o755)
+        folder = top / "Band"
+        (folder / "locked").mkdir(parents=True)
+        folder.chmod(0o755)
+        (folder / "locked").chmod(0o700)  # root's
+        (folder / "secret.tif").write_bytes(b"scan")
+        (folder / "secret.tif").chmod(0o600)  # root's
+        cache = top / "cache"
+        cache.mkdir()
+        config = dict(setup.config, backup={"folders": [str(folder)]})
+        (cache / "config.json").write_text(json.dumps(config))
+        (cache / "config.json").chmod(0o600)
+        for path in (cache, cache / "config.json"):
+            os.chown(path, NOBODY, NOBODY)
+        result = subprocess.run(
+            ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+            + [CLI, "--cache", str(cache)],
+            capture_output=True,
+            text=True,
+            env={"PATH": os.environ["PATH"], "HOME": "/"},
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(top)
+
+    assert result.returncode == 1, result.stderr
+    hint = (
+        "(give nobody read access, e.g. setfacl -R -m u:nobody:rX FOLDER and "
+        "setfacl -R -d -m u:nobody:rX FOLDER, or a group with g+rX: see the README)"
+    )
+    assert f"{folder}/secret.tif: cannot read: Permission denied {hint}" in result.stderr
+    assert f"{folder}/locked: cannot list this directory: Permission denied {hint}" in (
+        result.stderr
+    )
 
 
 # --- check-config --online -------------------------------------------------------------------
