@@ -10,7 +10,10 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +189,57 @@ def test_a_dry_run_that_cannot_reach_s3_says_so_instead_of_a_plan(setup: Setup) 
     assert "check-config --online" in result.stderr
     assert "would upload" not in result.stdout
     assert not (setup.cache / "state.db").exists()  # a dry run still writes nothing
+
+
+@pytest.fixture()
+def moto_checking_keys() -> Iterator[str]:
+    """A moto server of its own that checks the keys (INITIAL_NO_AUTH_ACTION_COUNT=0):
+    the shared one accepts any key."""
+    server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
+    if server is None:
+        pytest.skip("moto_server is not installed in this venv")
+    port = _closed_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
+    process = subprocess.Popen(
+        [server, "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_keys_s3_refuses_are_named_by_check_config_and_stop_the_dry_run(
+    setup: Setup, moto_checking_keys: str
+) -> None:
+    setup.file("Band/a.tif")
+    setup.write_config(
+        backup__folders=[str(setup.images / "Band")], aws__endpoint_url=moto_checking_keys
+    )
+
+    check = setup.run("check-config", "--online")
+    dry = setup.run("--dry-run")
+
+    assert check.returncode == 1
+    assert "S3: FAILED: could not reach S3 at" in check.stderr
+    assert "InvalidAccessKeyId" in check.stderr
+    assert "check aws.access_key, aws.secret_access_key" in check.stderr
+    assert dry.returncode == 2
+    assert "could not reach S3 at" in dry.stderr and "InvalidAccessKeyId" in dry.stderr
+    assert "would upload" not in dry.stdout
+    for output in (check.stdout, check.stderr, dry.stdout, dry.stderr):
+        assert "test-secret-never-logged" not in output
 
 
 # --- output ----------------------------------------------------------------------------------
