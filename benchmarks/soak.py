@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ def integrity_ok(cache: Path) -> bool:
     db = cache / "state.db"
     if not db.exists():
         return True
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         return bool(conn.execute("PRAGMA integrity_check").fetchone() == ("ok",))
 
 

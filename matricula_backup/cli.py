@@ -22,7 +22,7 @@ from typing import Annotated
 
 import typer
 
-from matricula_backup import __version__, config_alert, iam, interrupt, notify
+from matricula_backup import __version__, config_alert, iam, interrupt, notify, online
 from matricula_backup.config import (
     CONFIG_NAME,
     ObjectLock,
@@ -41,7 +41,7 @@ from matricula_backup.errors import (
     LockHeld,
 )
 from matricula_backup.escape import printable
-from matricula_backup.folders import backup_folders, bucket_name
+from matricula_backup.folders import BackupFolder, backup_folders, bucket_name
 from matricula_backup.forget import forget_lines, gone_paths, run_forget
 from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
@@ -512,10 +512,23 @@ def init(cache: CacheOption = None) -> None:
 
 
 @app.command("check-config")
-def check_config(cache: CacheOption = None) -> None:
+def check_config(
+    cache: CacheOption = None,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online",
+            help="Also make one cheap request to S3 (GetBucketVersioning of one bucket) and "
+            "connect to the webhook's host (HEAD /; nothing is posted).",
+        ),
+    ] = False,
+) -> None:
     """Validate config.json and show the backup folders and their buckets; no S3 request.
 
-    Example: matricula-backup check-config --cache /var/lib/matricula-backup
+    With --online, one request to S3 and one to the webhook's host show that
+    both can be reached with this config (exit 1 if not).
+
+    Example: matricula-backup check-config --online --cache /var/lib/matricula-backup
     """
     cache, _log_path = _start(cache, False)
     with _fatal_errors_exit():
@@ -542,7 +555,26 @@ def check_config(cache: CacheOption = None) -> None:
     missing = [folder for folder in folders if not folder.path.is_dir()]
     webhook = redact_url(settings.webhook) if settings.webhook else "none (errors are only logged)"
     typer.echo(f"config.json is valid: {len(folders)} backup folders, webhook {webhook}")
-    raise typer.Exit(EXIT_WITH_ERRORS if problems or missing else EXIT_OK)
+    checks = _online_checks(settings, folders, recorded) if online else []
+    for check in checks:
+        typer.echo(str(check), err=not check.ok)
+    failed = any(not check.ok for check in checks)
+    raise typer.Exit(EXIT_WITH_ERRORS if problems or missing or failed else EXIT_OK)
+
+
+def _online_checks(
+    settings: Settings, folders: list[BackupFolder], recorded: dict[str, str]
+) -> list[online.Check]:
+    """One request to S3 (a bucket of ours, or one named like a configured path), one to
+    the webhook's host."""
+    first = folders[0].path if folders else (settings.folders + settings.roots)[0]
+    bucket = recorded.get(str(first)) or bucket_name(first, settings.bucket_prefix)
+    checks = [online.check_s3(settings, bucket)]
+    if settings.webhook:
+        checks.append(online.check_webhook(settings.webhook))
+    else:
+        checks.append(online.Check("webhook", True, "none configured (errors are only logged)"))
+    return checks
 
 
 def _object_lock_advice(cache: Path, lock: ObjectLock) -> list[str]:

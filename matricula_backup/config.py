@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from matricula_backup.access import owner_hint
 from matricula_backup.errors import ConfigError
 from matricula_backup.pricing import Prices
 from matricula_backup.throttle import parse_rate
@@ -139,9 +140,11 @@ def load_settings(cache_dir: Path) -> Settings:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(
-            f"{path}: no such file. Create it with the keys described in the README "
-            '(at least {"backup": {"folders": ["/images/..."]}}).'
+            f"{path}: no such file. Write a template, then edit it (see the README): "
+            f"matricula-backup init --cache {cache_dir}"
         ) from None
+    except PermissionError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}; {owner_hint(path)}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read: {exc}") from None
     try:

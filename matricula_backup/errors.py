@@ -5,7 +5,8 @@
     │   ├── ConfigError         config.json missing, unreadable or invalid
     │   ├── DatabaseError       state.db cannot be opened, created or upgraded
     │   ├── CacheNotWritable    the cache directory cannot be written
-    │   └── LockHeld            another run holds the lock in the cache directory
+    │   ├── LockHeld            another run holds the lock in the cache directory
+    │   └── S3Unreachable       a dry run got no trustworthy answer from S3
     └── FolderError             one backup folder cannot be backed up (the run goes on)
 
 Per-file problems are not exceptions that travel: they are recorded as
@@ -47,6 +48,10 @@ class LockHeld(FatalError):
     """Another matricula-backup run holds the lock of this cache directory."""
 
     since: float | None = None  # when the holder took it (unix seconds), if known
+
+
+class S3Unreachable(FatalError):
+    """A dry run could not reach S3 (no connection, keys refused): no plan to show."""
 
 
 class FolderError(BackupError):

@@ -16,6 +16,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
+from matricula_backup.access import denied, read_hint
 from matricula_backup.config import CONFIG_NAME, Settings
 from matricula_backup.errors import ConfigError
 from matricula_backup.exclude import Excludes
@@ -72,9 +73,10 @@ def backup_folders(settings: Settings) -> tuple[list[BackupFolder], list[Problem
             )
             continue
         except OSError as exc:
-            problems.append(
-                Problem(str(root), "config", f"{source}: cannot list: {exc.strerror or exc}")
-            )
+            reason = exc.strerror or str(exc)
+            if denied(exc):
+                reason += f" ({read_hint()})"
+            problems.append(Problem(str(root), "config", f"{source}: cannot list: {reason}"))
             continue
         subfolders, links = _root_entries(settings, root, source, entries, excludes, problems)
         if not subfolders and not links:

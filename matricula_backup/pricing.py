@@ -85,7 +85,8 @@ def cost_lines(run: RunReport, prices: Prices, requests_by_operation: dict[str, 
     total = run.totals()
     if run.dry_run:
         # One PUT per file; multipart files need a few more (not known before reading them).
-        puts = total.to_upload + total.to_extend
+        # Files whose mtime alone changed are only read, unless their bytes differ.
+        puts = total.to_upload - total.to_check + total.to_extend
         run_line = (
             f"estimated cost of this run: {usd(prices.requests_cost(puts))} for about {puts} "
             "PUT requests"
@@ -96,13 +97,10 @@ def cost_lines(run: RunReport, prices: Prices, requests_by_operation: dict[str, 
             )
         )
     else:
-        puts = sum(n for op, n in requests_by_operation.items() if op in BILLED_AS_PUT)
-        run_line = (
-            f"cost of this run: ${prices.requests_cost(puts):.2f} for {puts} PUT/LIST requests"
-        )
+        run_line = _run_cost_line(prices, requests_by_operation)
         retention = requests_by_operation.get("PutObjectRetention", 0)
         if retention:
-            run_line += f" ({retention} of them set Object Lock retentions)"
+            run_line += f" ({retention} PUT/LIST of them set Object Lock retentions)"
     objects, size = total.files_seen, total.bytes_seen
     lines = [
         run_line,
@@ -118,6 +116,23 @@ def cost_lines(run: RunReport, prices: Prices, requests_by_operation: dict[str, 
             f"costs {usd(prices.requests_cost(objects))} in PUT requests"
         )
     return lines
+
+
+def _run_cost_line(prices: Prices, requests_by_operation: dict[str, int]) -> str:
+    """The requests of the summary line, split by what they cost: PUT/LIST, and the rest
+    (GET, HEAD: two orders cheaper; DELETE: free), counted at the GET price at most."""
+    total = sum(requests_by_operation.values())
+    if not total:
+        return "cost of this run: $0 (no S3 request)"
+    puts = sum(n for op, n in requests_by_operation.items() if op in BILLED_AS_PUT)
+    others = total - puts
+    cost = prices.requests_cost(puts) + others / 1000 * prices.get_per_1000
+    shown = f"about {usd(cost)}" if cost >= 0.00001 else "less than $0.00001"
+    return (
+        f"cost of this run: {shown} for its {total} S3 requests: {puts} PUT/LIST at "
+        f"{usd(prices.put_per_1000)} per 1,000 and {others} others (GET/HEAD at "
+        f"{usd(prices.get_per_1000)} per 1,000, DELETE free)"
+    )
 
 
 def usd(amount: float) -> str:

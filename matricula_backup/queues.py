@@ -36,6 +36,11 @@ class QueueSizes:
     forget: int  # rows of vanished files that never reached the bucket
     new: int  # uploads that are new files (the rest are changed or retried)
     changed: int = 0  # of them: backed-up files whose size or mtime changed
+    # Of the uploads: backed-up files whose mtime alone changed. Their bytes are
+    # compared with the SHA-256 of the upload before anything is sent, so they are
+    # checks, not announced uploads (most were only touched).
+    checks: int = 0
+    check_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,10 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
     )
     up = conn.exec_driver_sql(
         "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(is_new), 0), "
-        "coalesce(sum(is_changed), 0) FROM temp.upload_queue"
+        "coalesce(sum(is_changed), 0), "
+        "coalesce(sum(reason = 'changed mtime' AND in_bucket_sha256 IS NOT NULL), 0), "
+        "coalesce(sum(size * (reason = 'changed mtime' AND in_bucket_sha256 IS NOT NULL)), 0) "
+        "FROM temp.upload_queue"
     ).one()
     down = conn.exec_driver_sql(
         "SELECT coalesce(sum(in_bucket), 0), coalesce(sum(size * in_bucket), 0), "
@@ -137,6 +145,8 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
         deletes=down[0],
         delete_bytes=down[1],
         forget=down[2],
+        checks=up[4],
+        check_bytes=up[5],
     )
 
 

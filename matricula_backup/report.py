@@ -44,6 +44,8 @@ class FolderReport:
     bytes_seen: int = 0
     to_upload: int = 0
     bytes_to_upload: int = 0
+    to_check: int = 0  # of to_upload: only the mtime changed, uploaded only if the bytes differ
+    bytes_to_check: int = 0
     to_delete: int = 0
     bytes_to_delete: int = 0
     uploaded: int = 0
@@ -104,6 +106,8 @@ class RunReport:
                 "bytes_seen",
                 "to_upload",
                 "bytes_to_upload",
+                "to_check",
+                "bytes_to_check",
                 "to_delete",
                 "bytes_to_delete",
                 "uploaded",
@@ -140,14 +144,15 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
     )
     if dry_run:
         return (
-            f"{folder} -> s3://{report.bucket}: would upload {report.to_upload} files "
-            f"({human_bytes(report.bytes_to_upload)}), would delete {report.to_delete} files "
-            f"({human_bytes(report.bytes_to_delete)}); {report.files_seen} files "
-            f"({human_bytes(report.bytes_seen)}) on disk{excluded}{held}"
+            f"{folder} -> s3://{report.bucket}: {_would_upload(report)}, would delete "
+            f"{report.to_delete} files ({human_bytes(report.bytes_to_delete)}); "
+            f"{report.files_seen} files ({human_bytes(report.bytes_seen)}) on disk{excluded}{held}"
             + (f"; would extend Object Lock on {report.to_extend}" if report.to_extend else "")
         )
+    # Files found unchanged (only touched) were never going to be uploaded.
+    to_upload = report.to_upload - report.same_content
     line = (
-        f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{report.to_upload} "
+        f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{to_upload} "
         f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"
         f"{report.to_delete}; {report.files_seen} files ({human_bytes(report.bytes_seen)}) "
         f"on disk{excluded}"
@@ -155,13 +160,28 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
     if report.already_in_bucket:
         line += f"; {report.already_in_bucket} found already in the bucket"
     if report.same_content:
-        line += f"; {report.same_content} only touched (same bytes, not uploaded again)"
+        line += f"; {report.same_content} unchanged (only touched, same bytes: not uploaded)"
     if report.to_extend:
         line += f"; Object Lock extended on {report.extended}/{report.to_extend}"
     line += held
     if report.errors:
         line += f"; {report.errors} errors"
     return line
+
+
+def _would_upload(report: FolderReport) -> str:
+    """A dry run's uploads; files whose mtime alone changed are checks (read and compared
+    with the SHA-256 of their upload; sent only if the bytes differ)."""
+    text = (
+        f"would upload {report.to_upload - report.to_check} files "
+        f"({human_bytes(report.bytes_to_upload - report.bytes_to_check)})"
+    )
+    if report.to_check:
+        text += (
+            f", would check {report.to_check} (mtime only changed; uploaded only if the "
+            "bytes differ)"
+        )
+    return text
 
 
 def run_line(run: RunReport) -> str:
@@ -172,10 +192,7 @@ def run_line(run: RunReport) -> str:
         "interrupted" if run.interrupted else ("done with errors" if run.error_count else "done")
     )
     if run.dry_run:
-        work = (
-            f"would upload {total.to_upload} files ({human_bytes(total.bytes_to_upload)}), "
-            f"would delete {total.to_delete}"
-        )
+        work = f"{_would_upload(total)}, would delete {total.to_delete}"
     else:
         work = (
             f"uploaded {total.uploaded} files ({human_bytes(total.bytes_uploaded)}), "

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from matricula_backup import forget, queues, s3, worker
+from matricula_backup import forget, online, queues, s3, worker
 from matricula_backup.config import Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
-from matricula_backup.errors import ConfigError, FolderError
+from matricula_backup.errors import ConfigError, FolderError, S3Unreachable
 from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder, backup_folders
 from matricula_backup.progress import NoProgress, RunProgress
@@ -211,6 +211,7 @@ def _backup_folder(
                 conn, record.table, renew_before, record.object_lock
             )
         report.to_upload, report.bytes_to_upload = sizes.uploads, sizes.upload_bytes
+        report.to_check, report.bytes_to_check = sizes.checks, sizes.check_bytes
         report.to_delete, report.bytes_to_delete = sizes.deletes, sizes.delete_bytes
         if sizes.deletes and not options.allow_mass_delete:
             refusal = _mass_delete_refusal(
@@ -271,6 +272,16 @@ def _backup_folder(
         run.add_problem(Problem(source, "bucket", str(exc)), report)
         conn.rollback()
     except s3.S3_ERRORS as exc:
+        if dry_run and online.unreachable(exc):
+            # Every other folder would fail the same way: a plan without the
+            # bucket's listing would be built on nothing.
+            raise S3Unreachable(
+                f"could not reach S3 at {online.endpoint_of(store.get())}: {s3.describe(exc)}; "
+                "the dry run stops (it lists the buckets of folders it has not backed up "
+                "yet). Check aws.endpoint_url, aws.region and the aws keys in config.json; "
+                f"matricula-backup check-config --online --cache {settings.cache_dir} "
+                "tests the connection"
+            ) from None
         run.add_problem(
             Problem(source, "bucket", f"s3://{record.bucket}: {s3.describe(exc)}"), report
         )

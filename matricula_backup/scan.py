@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from matricula_backup.access import denied, read_hint
 from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder
 from matricula_backup.report import Problem
@@ -138,7 +139,8 @@ def _insert(conn: Connection, rows: list[tuple[str, int, int]]) -> None:
 
 
 def _reason(exc: OSError) -> str:
-    return exc.strerror or str(exc)
+    reason = exc.strerror or str(exc)
+    return f"{reason} ({read_hint()})" if denied(exc) else reason
 
 
 def _printable(path: str) -> str:

@@ -309,7 +309,7 @@ def history_lines(runs: list[HistoryRun]) -> list[str]:
             lines.append(
                 f"    {entry.folder}: {entry.files_seen} files, {entry.files_uploaded} uploaded "
                 f"({human_bytes(entry.bytes_uploaded)}), {entry.files_deleted} deleted, "
-                f"{entry.files_same_content} only touched, {entry.errors} errors, "
+                f"{entry.files_same_content} unchanged (only touched), {entry.errors} errors, "
                 f"{entry.s3_requests} requests"
             )
     return lines

@@ -22,6 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from sqlalchemy import Connection
 
 from matricula_backup import interrupt, queues, s3
+from matricula_backup.access import denied, read_hint
 from matricula_backup.config import ObjectLock
 from matricula_backup.db.records import FolderRecord
 from matricula_backup.progress import RunProgress
@@ -100,6 +101,8 @@ def upload_all(
         except Exception as exc:  # one bad file never stops the others
             if isinstance(exc, OSError):
                 message = f"cannot read: {exc.strerror or exc}"
+                if denied(exc):
+                    message += f" ({read_hint()})"
             elif isinstance(exc, (*s3.S3_ERRORS, s3.ChecksumMismatch)):
                 message = s3.describe(exc)
             else:  # a bug: keep its traceback in the log

@@ -4,6 +4,7 @@ it: the installed ``matricula-backup`` command in a subprocess."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,6 +26,32 @@ from tests.s3proxy import CountingProxy
 
 REGION = "eu-central-1"
 CLI = shutil.which("matricula-backup", path=os.path.dirname(sys.executable)) or "matricula-backup"
+
+
+@functools.cache
+def _python_problem_for_other_users() -> str | None:
+    """Why another user cannot run this venv's Python (and so the command), or None."""
+    probe = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", ""],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode == 0:
+        return None
+    return (
+        f"the user nobody cannot run {sys.executable} ({probe.stderr.strip()[:200]}): this "
+        "venv was made with a Python only root can reach (e.g. under /root/.pyenv)"
+    )
+
+
+def skip_unless_other_users_can_run_the_command() -> None:
+    """For tests that run the command as another user (setpriv): they need root, setpriv,
+    and a venv whose Python that user can execute."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv(1) to run the command as another user")
+    problem = _python_problem_for_other_users()
+    if problem:
+        pytest.skip(problem)
 
 
 def latest_versions(s3: Any, bucket: str) -> dict[str, dict[str, Any]]:
@@ -113,8 +140,9 @@ class Setup:
 
     def db(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
         import sqlite3
+        from contextlib import closing
 
-        with sqlite3.connect(self.cache / "state.db") as conn:
+        with closing(sqlite3.connect(self.cache / "state.db")) as conn, conn:
             return list(conn.execute(sql, params))
 
     def table(self, folder: Path) -> str:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import CLI, Setup, latest_versions
+from tests.conftest import CLI, Setup, latest_versions, skip_unless_other_users_can_run_the_command
 from tests.s3proxy import CountingProxy
 
 NOBODY = 65534
@@ -112,6 +112,7 @@ def as_nobody(setup: Setup) -> Iterator[Any]:
         pytest.skip("setpriv (util-linux) is not installed")
     if os.geteuid() != 0:
         pytest.skip("needs root to switch to the user nobody")
+    skip_unless_other_users_can_run_the_command()
     changed: list[tuple[Path, int]] = []
     path = setup.tmp
     while path != path.parent and str(path) != "/tmp":

@@ -510,7 +510,7 @@ def test_touched_files_are_not_uploaded_again(setup: Setup, s3_proxy: CountingPr
     result = setup.run()
 
     assert result.returncode == 0, result.stderr
-    assert "3 only touched (same bytes, not uploaded again)" in result.stdout
+    assert "3 unchanged (only touched, same bytes: not uploaded)" in result.stdout
     assert s3_proxy.requests["PUT object"] == 0
     assert s3_proxy.requests["POST uploads"] == 0
     table = setup.table(folder)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from matricula_backup.config import _ALLOWED, Settings, load_settings, parse_settings
 from matricula_backup.errors import ConfigError
-from tests.conftest import CLI, Setup
+from tests.conftest import CLI, Setup, skip_unless_other_users_can_run_the_command
 
 json_values = st.recursive(
     st.none()
@@ -234,6 +234,7 @@ def test_a_missing_cache_directory(tmp_path: Path) -> None:
 def test_a_cache_directory_this_user_cannot_write(tmp_path: Path) -> None:
     if not shutil.which("setpriv") or os.geteuid() != 0:
         pytest.skip("needs root and setpriv to run the command as another user")
+    skip_unless_other_users_can_run_the_command()
     cache = tmp_path / "cache"
     images = tmp_path / "images"
     images.mkdir()

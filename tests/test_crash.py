@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,7 @@ def _kill_when(process: subprocess.Popen[bytes], condition: Any, timeout: float 
 
 
 def _database_opens(cache: Path) -> None:
-    with sqlite3.connect(cache / "state.db") as conn:
+    with closing(sqlite3.connect(cache / "state.db")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 from alembic.script import ScriptDirectory
@@ -39,7 +40,7 @@ def test_upgrade_creates_the_tables_of_the_metadata(tmp_path: Path) -> None:
     finally:
         engine.dispose()
     assert (tmp_path / "state.db").stat().st_mode & 0o077 == 0  # owner only
-    with sqlite3.connect(tmp_path / "state.db") as conn:
+    with closing(sqlite3.connect(tmp_path / "state.db")) as conn, conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -82,11 +83,11 @@ def test_a_migration_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -
 
     from matricula_backup.errors import DatabaseError
 
-    with sqlite3.connect(tmp_path / "state.db") as conn:
+    with closing(sqlite3.connect(tmp_path / "state.db")) as conn, conn:
         conn.execute("CREATE TABLE problems (x)")  # makes the third CREATE TABLE fail
     with pytest.raises(DatabaseError):
         open_state_db(tmp_path)
-    with sqlite3.connect(tmp_path / "state.db") as conn:
+    with closing(sqlite3.connect(tmp_path / "state.db")) as conn, conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
     assert tables == {"problems"}  # folders and runs were rolled back, no alembic_version
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,12 @@ def test_runs_show_their_cost_and_prices_can_be_overridden(setup: Setup) -> None
 
     assert real.returncode == 0, real.stderr
     # 10 PUTs, the listing of the new bucket, the bucket creation and its 4 settings
-    assert "cost of this run: $0.08 for 16 PUT/LIST requests" in real.stdout
+    requests = re.search(r"(\d+) S3 requests", real.stdout)
+    assert requests, real.stdout
+    assert (
+        f"cost of this run: about $0.08 for its {requests.group(1)} S3 requests: 16 PUT/LIST "
+        "at $5.00 per 1,000 and " in real.stdout
+    )
 
 
 def test_a_bad_price_is_a_config_error(setup: Setup) -> None:

@@ -82,8 +82,10 @@ def test_deep_verify_finds_a_checksum_that_differs(setup: Setup, s3: Any) -> Non
     folder, bucket = _backed_up(setup)
     table = setup.table(folder)
     import sqlite3
+    from contextlib import closing
 
-    with sqlite3.connect(setup.cache / "state.db") as conn:  # as if the upload had other bytes
+    # As if the upload had had other bytes:
+    with closing(sqlite3.connect(setup.cache / "state.db")) as conn, conn:
         conn.execute(f"UPDATE \"{table}\" SET sha256 = zeroblob(32) WHERE path = 'c.tif'")
 
     result = setup.run("verify", "--deep")

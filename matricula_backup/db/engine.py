@@ -9,9 +9,11 @@ than this version of the tool.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -45,12 +47,9 @@ def open_state_db(cache_dir: Path) -> Engine:
             # Created owner-only: it lists every file of the archive.
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         engine = _engine(f"sqlite+pysqlite:///{path}", wal=True)
-        try:
+        with _disposed_on_error(engine):
             _refuse_newer(engine, path)
             upgrade(engine)
-        except BaseException:
-            engine.dispose()
-            raise
         return engine
     except _OPEN_ERRORS as exc:
         raise DatabaseError(_explain(path, exc)) from None
@@ -63,24 +62,16 @@ def open_state_db_for_dry_run(cache_dir: Path) -> Engine:
         _refuse_directory(path)
         if path.exists():
             engine = _engine(f"sqlite+pysqlite:///file:{path}?mode=ro&uri=true", wal=False)
-            try:
+            with _disposed_on_error(engine):
                 _refuse_newer(engine, path)
-                if is_current(engine):
-                    return engine
-            except BaseException:
-                engine.dispose()
-                raise
+                current = is_current(engine)
+            if current:
+                return engine
             engine.dispose()
             logger.info("dry run: %s has an older schema; working on a copy in memory", path)
         memory = _engine("sqlite+pysqlite://", wal=False, single=True)
-        if path.exists():
-            with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as source:
-                raw = memory.raw_connection()
-                try:
-                    source.backup(raw.driver_connection)  # type: ignore[arg-type]
-                finally:
-                    raw.close()
-        upgrade(memory)
+        with _disposed_on_error(memory):
+            _copy_and_upgrade(path, memory)
         return memory
     except _OPEN_ERRORS as exc:
         raise DatabaseError(_explain(path, exc)) from None
@@ -89,6 +80,29 @@ def open_state_db_for_dry_run(cache_dir: Path) -> Engine:
 def database_error(path: Path, exc: BaseException) -> DatabaseError:
     """A read of ``state.db`` failed after it was opened: the same plain message."""
     return DatabaseError(_explain(path, exc))
+
+
+@contextlib.contextmanager
+def _disposed_on_error(engine: Engine) -> Iterator[None]:
+    """An engine that failed to open closes its connections (Python 3.13 warns otherwise)."""
+    try:
+        yield
+    except BaseException:
+        engine.dispose()
+        raise
+
+
+def _copy_and_upgrade(path: Path, memory: Engine) -> None:
+    """Copy an older ``state.db`` into the in-memory database, then upgrade the copy."""
+    if path.exists():
+        # closing: sqlite3's own context manager commits but does not close.
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as source:
+            raw = memory.raw_connection()
+            try:
+                source.backup(raw.driver_connection)  # type: ignore[arg-type]
+            finally:
+                raw.close()
+    upgrade(memory)
 
 
 def migrations_dir() -> Path:
