@@ -83,6 +83,8 @@ class ObjectLock:
     mode: str  # GOVERNANCE | COMPLIANCE
     days: int
     renew_days: int
+
+
 MAX_PRICE = 1_000_000  # USD; the list prices are fractions of a dollar
 
 
