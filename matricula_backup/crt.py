@@ -88,7 +88,7 @@ class FastPut:
             return self.host, f"{self.base_path}/{bucket}{path}"
         return f"{bucket}.{self.host}", self.base_path + path
 
-    def get(
+    def get_object(
         self, bucket: str, key: str, version_id: str, size: int
     ) -> tuple[dict[str, str], bytes]:
         """GET one version of ``size`` bytes in one request; (headers, body).

@@ -29,9 +29,14 @@ from typing import Any
 ROLES = ("backup", "restore", "admin")
 
 # The CLI commands that talk to S3, and the role whose keys they run with.
-# Commands not listed (init, check-config, status, history, notify-test,
+# Commands not listed (init, status, history, notify-test, forget,
 # iam-policy) send no S3 request at all.
-COMMAND_ROLES = {"backup": "backup", "verify": "backup", "restore": "restore"}
+COMMAND_ROLES = {
+    "backup": "backup",
+    "verify": "backup",
+    "check-config": "backup",  # --online: one GetBucketVersioning
+    "restore": "restore",
+}
 
 # S3 API operation -> the IAM actions it needs (AWS "Actions, resources, and
 # condition keys for Amazon S3"). HeadObject needs s3:GetObject, a multipart
@@ -108,11 +113,16 @@ _BACKUP_ACTIONS = (
     "s3:AbortMultipartUpload",
     "s3:DeleteObject",
     "s3:GetObjectVersion",  # verify --deep: HEAD of the recorded version
+    # After a lost state.db, a returning file of an adopted row: HEAD of the latest
+    # version reads its mtime/sha256 metadata (s3.upload_unless_in_bucket). Archived
+    # bytes stay unreadable without RestoreObject, which this role lacks.
+    "s3:GetObject",
 )
 _RESTORE_ACTIONS = (
     "s3:ListAllMyBuckets",
     "s3:ListBucket",
     "s3:ListBucketVersions",
+    "s3:GetObject",
     "s3:GetObjectVersion",
     "s3:RestoreObject",
 )

@@ -1103,7 +1103,7 @@ def download(
     if store.fast_put is not None and size <= FAST_PUT_MAX:
         # Through the CRT (crt.py), like small PUTs: a third of botocore's CPU.
         store.counter("GetObject")
-        headers, data = store.fast_put.get(bucket, key, version_id, size)
+        headers, data = store.fast_put.get_object(bucket, key, version_id, size)
         metadata = {
             name[len("x-amz-meta-") :]: value
             for name, value in headers.items()

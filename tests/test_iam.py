@@ -201,8 +201,14 @@ def test_the_source_scan_finds_the_calls_it_must(package: Package) -> None:
     names = {operation for operation, _ in upload}
     assert {"PutObject", "CreateMultipartUpload", "UploadPart", "PutObjectRetention"} <= names
     assert ("PutObject", frozenset({ANY_PARAMETER})) in upload  # the CRT's PUT
-    heads = {p for op, p in package.reachable_operations(("matricula_backup.s3", "head"))}
-    assert all("VersionId" in parameters for parameters in heads)
+    heads = {
+        p
+        for op, p in package.reachable_operations(("matricula_backup.s3", "head"))
+        if op == "HeadObject"
+    }
+    # (A method call is matched by name, so `response.get(...)` also reaches the CRT's
+    # `get`: an over-approximation, which only ever asks the policy for more.)
+    assert heads and all("VersionId" in parameters for parameters in heads)
 
 
 def test_every_s3_operation_a_command_reaches_is_allowed_to_its_role(package: Package) -> None:
