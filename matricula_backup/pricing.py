@@ -100,7 +100,7 @@ def cost_lines(run: RunReport, prices: Prices, requests_by_operation: dict[str, 
         run_line = _run_cost_line(prices, requests_by_operation)
         retention = requests_by_operation.get("PutObjectRetention", 0)
         if retention:
-            run_line += f" ({retention} PUT/LIST of them set Object Lock retentions)"
+            run_line += f" ({retention} of them set Object Lock retentions)"
     objects, size = total.files_seen, total.bytes_seen
     lines = [
         run_line,

@@ -15,14 +15,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from matricula_backup import notify
 from matricula_backup.escape import printable, redact
 from matricula_backup.report import Problem, RunReport
-from tests.conftest import CLI, Setup
+from tests.conftest import CLI, Setup, skip_unless_other_users_can_run_the_command
 
 NOBODY = 65534
 FORGED = "a\n2026-11-27 01:00:00 INFO backup finished: 0 errors"
@@ -83,9 +82,9 @@ def test_a_webhook_that_echoes_its_url_never_puts_sig_in_the_log(
 
 def _as_nobody(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
     """The command as the unprivileged user nobody, which cannot read a file of mode 000."""
+    skip_unless_other_users_can_run_the_command()
     setpriv = shutil.which("setpriv")
-    if setpriv is None or os.geteuid() != 0:
-        pytest.skip("needs root and setpriv (util-linux) to run as the user nobody")
+    assert setpriv is not None
     path = setup.tmp
     while path != path.parent and str(path) != "/tmp":  # pytest's tmp dirs are 0700
         path.chmod(stat.S_IMODE(path.stat().st_mode) | 0o001)

@@ -116,7 +116,7 @@ def test_files_only_touched_are_held_too_and_cost_nothing_when_allowed(
     s3_proxy.reset_counts()
     allowed = setup.run("--allow-mass-change")
     assert allowed.returncode == 0, allowed.stderr
-    assert "30 only touched" in allowed.stdout
+    assert "30 unchanged (only touched" in allowed.stdout
     assert _object_puts(s3_proxy) == []
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CLI, Setup
+from tests.conftest import CLI, Setup, skip_unless_other_users_can_run_the_command
 
 NOBODY = 65534
 SETPRIV = shutil.which("setpriv")
@@ -104,10 +104,7 @@ def _plant(
 def user(request: pytest.FixtureRequest, setup: Setup) -> Iterator[str]:
     """Run the test as root and as nobody (the tmp_path chain made traversable for it)."""
     if request.param == "nobody":
-        if SETPRIV is None:
-            pytest.skip("setpriv (util-linux) is not installed")
-        if os.geteuid() != 0:
-            pytest.skip("needs root to switch to the user nobody")
+        skip_unless_other_users_can_run_the_command()
     chain = [setup.tmp, *[p for p in setup.tmp.parents if len(p.parts) > 2]]  # below /tmp
     modes = [(path, stat.S_IMODE(path.stat().st_mode)) for path in chain]
     yield request.param
