@@ -99,12 +99,7 @@ class FastPut:
         request = HttpRequest(
             "GET", f"{path}?versionId={quote(version_id, safe='')}", HttpHeaders([("Host", host)])
         )
-        answer: dict[str, Any] = {}
         body = bytearray()
-        finished = threading.Event()
-
-        def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
-            answer["headers"] = {name.lower(): value for name, value in headers}
 
         def on_body(chunk: bytes, offset: int, **_: Any) -> None:
             if offset != len(body):  # one request: the bytes come in order
@@ -113,31 +108,15 @@ class FastPut:
                 )
             body.extend(chunk)
 
-        def on_done(
-            error: BaseException | None = None,
-            status_code: int | None = None,
-            error_body: bytes | None = None,
-            **_: Any,
-        ) -> None:
-            answer.update(error=error, status=status_code, body=error_body or b"")
-            finished.set()
-
         single = max(MIN_PART, size + 1)  # one ranged GET covers the whole object
-        sent = self.client.make_request(
+        headers = self._send(
+            "GetObject",
+            request,
+            size,
             type=s3.S3RequestType.GET_OBJECT,
-            request=request,
             part_size=single,
-            on_headers=on_headers,
             on_body=on_body,
-            on_done=on_done,
         )
-        timeout = BASE_TIMEOUT + size / SLOWEST_BYTES_PER_SECOND
-        if not finished.wait(timeout):
-            sent.cancel()
-            raise RequestFailed("GetObject", "Timeout", f"no answer in {timeout:.0f} s")
-        if answer["error"] is not None:
-            raise _failure(answer, "GetObject")
-        headers: dict[str, str] = answer.get("headers", {})
         return headers, bytes(body)
 
     def put(self, bucket: str, key: str, data: bytes, headers: dict[str, str]) -> dict[str, str]:
@@ -149,6 +128,23 @@ class FastPut:
             HttpHeaders([("Host", host), ("Content-Length", str(len(data))), *headers.items()]),
             BytesIO(data),  # shares the bytes, no copy
         )
+        # One request whatever the size (the CRT would split a large body into
+        # a multipart upload of its own): large files are multipart uploads in s3.py.
+        single = max(MIN_PART, len(data))
+        return self._send(
+            "PutObject",
+            request,
+            len(data),
+            type=s3.S3RequestType.PUT_OBJECT,
+            part_size=single,
+            multipart_upload_threshold=single,
+        )
+
+    def _send(
+        self, operation: str, request: HttpRequest, size: int, **options: Any
+    ) -> dict[str, str]:
+        """Send one request and wait for it, bounded by its size; the answer's headers
+        (lower-case names), or RequestFailed with S3's code and message."""
         answer: dict[str, Any] = {}
         finished = threading.Event()
 
@@ -164,25 +160,17 @@ class FastPut:
             answer.update(error=error, status=status_code, body=error_body or b"")
             finished.set()
 
-        # One request whatever the size (the CRT would split a large body into
-        # a multipart upload of its own): large files are multipart uploads in s3.py.
-        single = max(MIN_PART, len(data))
         sent = self.client.make_request(
-            type=s3.S3RequestType.PUT_OBJECT,
-            request=request,
-            part_size=single,
-            multipart_upload_threshold=single,
-            on_headers=on_headers,
-            on_done=on_done,
+            request=request, on_headers=on_headers, on_done=on_done, **options
         )
-        timeout = BASE_TIMEOUT + len(data) / SLOWEST_BYTES_PER_SECOND
+        timeout = BASE_TIMEOUT + size / SLOWEST_BYTES_PER_SECOND
         if not finished.wait(timeout):
             sent.cancel()
-            raise RequestFailed("PutObject", "Timeout", f"no answer in {timeout:.0f} s")
+            raise RequestFailed(operation, "Timeout", f"no answer in {timeout:.0f} s")
         if answer["error"] is not None:
-            raise _failure(answer, "PutObject")
-        result: dict[str, str] = answer.get("headers", {})
-        return result
+            raise _failure(answer, operation)
+        headers: dict[str, str] = answer.get("headers", {})
+        return headers
 
 
 def _failure(answer: dict[str, Any], operation: str) -> RequestFailed:
