@@ -11,13 +11,18 @@ functions): pydantic is not imported for ``--version`` or ``--help``.
 Adding a section (``preservation``, say) is a few lines here:
 
     class Preservation(_Section):
-        scrub_days: _Whole(1, 3650) = Field(90, description="...")
+        scrub_days: _whole(1, 3650) = Field(90, description="...")
+        scrub_rate: Annotated[str | int | None, WrapValidator(_rate)] = Field(
+            "50MB/s", description="..."
+        )
+        scrub_nightly: _Flag = Field(False, description="...")
 
     class ConfigFile(_Section):
         ...
-        preservation: Preservation = _section(Preservation, "...")
+        preservation: Annotated[Preservation, _OBJECT] = _section(Preservation, "...")
 
-then carry the values into ``Settings`` in ``config.parse_settings``.
+then carry the values into ``Settings`` in ``config.parse_settings`` and paste
+``readme_table()`` into the README (tests/test_config_model.py says so if not).
 """
 
 import difflib
