@@ -511,6 +511,17 @@ def init(cache: CacheOption = None) -> None:
     )
 
 
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON Schema of config.json, so an editor checks the file as you type it.
+
+    Example: matricula-backup config-schema > /var/lib/matricula-backup/config.schema.json
+    """
+    from matricula_backup.config_model import json_schema  # pydantic: only when asked
+
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
 @app.command("check-config")
 def check_config(
     cache: CacheOption = None,

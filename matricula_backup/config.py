@@ -4,6 +4,10 @@ The file is read once per run into a frozen ``Settings``. Every problem is a
 ``ConfigError`` whose message names the file, the field and what is wrong, e.g.
 ``config.json: backup.roots[0]: not a directory: /images/archives``.
 
+The keys, their types, limits, defaults and meanings are declared once, in
+``config_model.py`` (pydantic, loaded only here when a config is read): the
+JSON oddities pydantic would not name are refused first (``_check_values``).
+
 Missing folders are not a config error: an unmounted share must not stop the
 other folders, so ``folders.py`` reports them per folder at run time.
 """
@@ -12,9 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os.path
-import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,36 +41,6 @@ DEFAULT_RETRY_MODE = "standard"
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_STUCK_AFTER_HOURS = 72
 
-_ALLOWED: dict[str, set[str]] = {
-    "": {"backup", "notification", "aws", "pricing"},
-    "backup": {
-        "folders",
-        "roots",
-        "bucket_prefix",
-        "workers",
-        "part_size_mb",
-        "multipart_threshold_mb",
-        "max_delete_percent",
-        "exclude",
-        "max_bandwidth",
-        "object_lock",
-        "max_change_percent",
-        "follow_root_symlinks",
-    },
-    "notification": {"webhook", "on_success", "stuck_after_hours"},
-    "pricing": Prices.keys(),
-    "aws": {
-        "access_key",
-        "secret_access_key",
-        "region",
-        "endpoint_url",
-        "retry_mode",
-        "max_attempts",
-        "crt",
-    },
-}
-_PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
-_OBJECT_LOCK_KEYS = {"mode", "days", "renew_days"}
 MAX_LOCK_DAYS = 36500  # S3's limit on a default retention: 100 years
 
 
@@ -172,105 +144,46 @@ def load_settings(cache_dir: Path) -> Settings:
 
 
 def parse_settings(raw: Any, cache_dir: Path) -> Settings:
-    """Validate the parsed JSON document; raise ConfigError naming the bad field."""
+    """Validate the parsed JSON document; raise ConfigError naming the bad field.
+
+    The keys, their limits and defaults are the model's (``config_model.py``);
+    here they become the ``Settings`` a run uses (sizes in bytes, paths as Paths).
+    """
+    from matricula_backup import config_model  # pydantic: not for --version
+
     _check_values(raw)
-    top = _section(raw, "")
-    backup = _section(top.get("backup", {}), "backup")
-    notification = _section(top.get("notification", {}), "notification")
-    aws = _section(top.get("aws", {}), "aws")
-    prices = _section(top.get("pricing", {}), "pricing")
-    for key, value in prices.items():
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not 0 <= value <= MAX_PRICE
-        ):
-            raise ConfigError(
-                f"{CONFIG_NAME}: pricing.{key}: must be a price in USD (a number from 0 to "
-                f"{MAX_PRICE:,}), not {value!r}"
-            )
-
-    folders = _paths(backup, "folders")
-    roots = _paths(backup, "roots")
-    if not folders and not roots:
-        raise ConfigError(
-            f"{CONFIG_NAME}: backup: give at least one folder in backup.folders or backup.roots"
-        )
-
-    prefix = _string(backup, "backup", "bucket_prefix") or ""
-    if prefix and (
-        not _PREFIX_RE.match(prefix) or prefix.startswith(("xn--", "sthree-", "amzn-s3-demo-"))
-    ):
-        raise ConfigError(
-            f"{CONFIG_NAME}: backup.bucket_prefix: {prefix!r} is not usable in a bucket name: "
-            "use 1-30 lowercase letters, digits or '-', starting with a letter or digit "
-            "(and not with xn--, sthree- or amzn-s3-demo-, which AWS reserves)"
-        )
-
-    webhook = _string(notification, "notification", "webhook")
-    if webhook:
-        _check_url(webhook, "notification.webhook", secret=True)
-    endpoint = _string(aws, "aws", "endpoint_url")
-    if endpoint:
-        _check_url(endpoint, "aws.endpoint_url", secret=False)
-
-    access_key = _string(aws, "aws", "access_key")
-    secret_key = _string(aws, "aws", "secret_access_key")
-    if bool(access_key) != bool(secret_key):
-        given, missing = (
-            ("access_key", "secret_access_key")
-            if access_key
-            else ("secret_access_key", "access_key")
-        )
-        raise ConfigError(
-            f"{CONFIG_NAME}: aws.{missing}: missing while aws.{given} is set; give both, or "
-            "neither to use the AWS credential chain (environment, ~/.aws, instance role)"
-        )
-
-    part_size = _int(backup, "part_size_mb", DEFAULT_PART_SIZE_MB, 5, 5 * 1024) * MIB
-    threshold = (
-        _int(backup, "multipart_threshold_mb", DEFAULT_MULTIPART_THRESHOLD_MB, 5, 5 * 1024) * MIB
-    )
-    retry_mode = _string(aws, "aws", "retry_mode") or DEFAULT_RETRY_MODE
-    if retry_mode not in ("standard", "adaptive", "legacy"):
-        raise ConfigError(
-            f"{CONFIG_NAME}: aws.retry_mode: must be standard, adaptive or legacy, "
-            f"not {retry_mode!r}"
-        )
+    document = config_model.validate(raw)
+    backup, notification, aws = document.backup, document.notification, document.aws
+    lock = backup.object_lock
     return Settings(
         cache_dir=cache_dir,
-        folders=folders,
-        roots=roots,
-        bucket_prefix=prefix,
-        workers=_int(backup, "workers", DEFAULT_WORKERS, 1, 64),
-        exclude=_patterns(backup),
-        max_bandwidth=_bandwidth(backup),
-        max_change_percent=_int(backup, "max_change_percent", DEFAULT_MAX_CHANGE_PERCENT, 0, 100),
-        follow_root_symlinks=_bool(backup, "backup", "follow_root_symlinks"),
-        max_delete_percent=_int(backup, "max_delete_percent", DEFAULT_MAX_DELETE_PERCENT, 0, 100),
-        part_size=part_size,
-        multipart_threshold=threshold,
-        webhook=webhook or None,
-        notify_on_success=_bool(notification, "notification", "on_success"),
-        stuck_after_hours=_int(
-            notification,
-            "stuck_after_hours",
-            DEFAULT_STUCK_AFTER_HOURS,
-            1,
-            24 * 365,
-            "notification",
+        folders=tuple(Path(path) for path in backup.folders),
+        roots=tuple(Path(path) for path in backup.roots),
+        bucket_prefix=backup.bucket_prefix or "",
+        workers=backup.workers,
+        exclude=tuple(backup.exclude),
+        max_bandwidth=(
+            parse_rate(str(backup.max_bandwidth)) if backup.max_bandwidth is not None else None
         ),
-        prices=Prices(**{key: float(value) for key, value in prices.items()}),
+        max_change_percent=backup.max_change_percent,
+        follow_root_symlinks=backup.follow_root_symlinks,
+        max_delete_percent=backup.max_delete_percent,
+        part_size=backup.part_size_mb * MIB,
+        multipart_threshold=backup.multipart_threshold_mb * MIB,
+        webhook=notification.webhook or None,
+        notify_on_success=notification.on_success,
+        stuck_after_hours=notification.stuck_after_hours,
+        prices=Prices(**document.pricing.model_dump()),
         aws=AwsSettings(
-            access_key=access_key or None,
-            secret_access_key=secret_key or None,
-            region=_string(aws, "aws", "region"),
-            endpoint_url=endpoint or None,
-            retry_mode=retry_mode,
-            max_attempts=_int(aws, "max_attempts", DEFAULT_MAX_ATTEMPTS, 1, 20, "aws"),
-            crt=_bool(aws, "aws", "crt", default=True),
+            access_key=aws.access_key or None,
+            secret_access_key=aws.secret_access_key or None,
+            region=aws.region,
+            endpoint_url=aws.endpoint_url or None,
+            retry_mode=aws.retry_mode,
+            max_attempts=aws.max_attempts,
+            crt=aws.crt,
         ),
-        object_lock=_object_lock(backup.get("object_lock")),
+        object_lock=ObjectLock(lock.mode, lock.days, lock.renew()) if lock else None,
     )
 
 
@@ -283,198 +196,20 @@ def redact_url(url: str) -> str:
     return f"{parsed.scheme}://{parsed.host}/…"
 
 
-def _section(value: Any, name: str) -> dict[str, Any]:
-    where = f"{CONFIG_NAME}: {name}" if name else CONFIG_NAME
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}: must be a JSON object, not {_kind(value)}")
-    unknown = sorted(set(value) - _ALLOWED[name])
-    if unknown:
-        dotted = ", ".join(f"{name}.{key}" if name else key for key in unknown)
-        known = ", ".join(sorted(_ALLOWED[name]))
-        raise ConfigError(f"{where}: unknown key {dotted} (a typo? known keys: {known})")
-    return value
-
-
-def _paths(section: dict[str, Any], key: str) -> tuple[Path, ...]:
-    value = section.get(key, [])
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ConfigError(
-            f"{CONFIG_NAME}: backup.{key}: must be a list of paths, not {_kind(value)}"
-        )
-    paths: list[Path] = []
-    for index, item in enumerate(value):
-        where = f"{CONFIG_NAME}: backup.{key}[{index}]"
-        if not isinstance(item, str) or not item:
-            raise ConfigError(f"{where}: must be a path string, not {_kind(item)}")
-        path = Path(item)
-        if not path.is_absolute():
-            raise ConfigError(f"{where}: must be an absolute path (starting with /): {item}")
-        # Keep symlinks as written (the key is the path the user knows); drop '.', '//'.
-        path = Path(os.path.normpath(item))
-        if path == Path("/"):
-            raise ConfigError(f"{where}: the file system root cannot be a backup folder")
-        try:
-            not_a_directory = path.exists() and not path.is_dir()
-        except OSError as exc:  # a name too long for the file system, ...
-            raise ConfigError(f"{where}: cannot be used: {exc.strerror}: {item}") from None
-        if not_a_directory:
-            raise ConfigError(f"{where}: not a directory: {item}")
-        if path in paths:
-            raise ConfigError(f"{where}: listed twice: {item}")
-        paths.append(path)
-    return tuple(paths)
-
-
-def _string(section: dict[str, Any], name: str, key: str) -> str | None:
-    value = section.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise ConfigError(f"{CONFIG_NAME}: {name}.{key}: must be a string, not {_kind(value)}")
-    return value.strip()
-
-
-def _int(
-    section: dict[str, Any], key: str, default: int, low: int, high: int, name: str = "backup"
-) -> int:
-    value = section.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(
-            f"{CONFIG_NAME}: {name}.{key}: must be a whole number from {low} to {high}, "
-            f"not {value!r}"
-        )
-    return value
-
-
-def _bandwidth(section: dict[str, Any]) -> int | None:
-    value = section.get("max_bandwidth")
-    if value is None or value == "":
-        return None
-    try:
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise ValueError(value)
-        return parse_rate(str(value))
-    except (ValueError, OverflowError):  # "999...9" overflows the float it goes through
-        raise ConfigError(
-            f"{CONFIG_NAME}: backup.max_bandwidth: {value!r} is not a rate; write e.g. "
-            '"20MB/s", "512KiB/s" or null for no limit'
-        ) from None
-
-
-def _patterns(section: dict[str, Any]) -> tuple[str, ...]:
-    value = section.get("exclude", [])
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ConfigError(
-            f"{CONFIG_NAME}: backup.exclude: must be a list of glob patterns, not {_kind(value)}"
-        )
-    for index, item in enumerate(value):
-        if not isinstance(item, str) or not item.strip("/"):
-            raise ConfigError(
-                f"{CONFIG_NAME}: backup.exclude[{index}]: must be a glob pattern such as "
-                f'"*.tmp", not {item!r}'
-            )
-    return tuple(value)
-
-
-def _object_lock(value: Any) -> ObjectLock | None:
-    where = f"{CONFIG_NAME}: backup.object_lock"
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ConfigError(
-            f'{where}: must be an object such as {{"mode": "GOVERNANCE", "days": 180}} or '
-            f"null, not {_kind(value)}"
-        )
-    unknown = sorted(set(value) - _OBJECT_LOCK_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key {', '.join(unknown)} (known keys: "
-            f"{', '.join(sorted(_OBJECT_LOCK_KEYS))})"
-        )
-    mode = value.get("mode")
-    if mode not in ("GOVERNANCE", "COMPLIANCE"):
-        raise ConfigError(
-            f"{where}.mode: must be GOVERNANCE (an administrator with "
-            "s3:BypassGovernanceRetention can still delete) or COMPLIANCE (nobody can, "
-            f"not even the account's root user, until the retention ends), not {mode!r}"
-        )
-    if "days" not in value:
-        raise ConfigError(f"{where}.days: missing; 180 matches Deep Archive's minimum storage")
-    days = _int(value, "days", 180, 1, MAX_LOCK_DAYS, "backup.object_lock")
-    renew_days = _int(
-        value, "renew_days", min(30, max(1, days // 3)), 1, days, "backup.object_lock"
-    )
-    return ObjectLock(mode, days, renew_days)
-
-
-def _bool(section: dict[str, Any], name: str, key: str, default: bool = False) -> bool:
-    value = section.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{CONFIG_NAME}: {name}.{key}: must be true or false, not {_kind(value)}")
-    return value
-
-
 def template() -> dict[str, Any]:
     """config.json as ``init`` writes it: every key, optional ones at their default."""
-    return {
-        "backup": {
-            "folders": ["/path/to/an/image/folder"],
-            "roots": [],
-            "bucket_prefix": "",
-            "workers": DEFAULT_WORKERS,
-            "part_size_mb": DEFAULT_PART_SIZE_MB,
-            "multipart_threshold_mb": DEFAULT_MULTIPART_THRESHOLD_MB,
-            "max_delete_percent": DEFAULT_MAX_DELETE_PERCENT,
-            "exclude": [],
-            "max_bandwidth": None,
-            "object_lock": None,
-            "max_change_percent": DEFAULT_MAX_CHANGE_PERCENT,
-            "follow_root_symlinks": False,
-        },
-        "notification": {
-            "webhook": None,
-            "on_success": False,
-            "stuck_after_hours": DEFAULT_STUCK_AFTER_HOURS,
-        },
-        "aws": {
-            "access_key": None,
-            "secret_access_key": None,
-            "region": None,
-            "endpoint_url": None,
-            "retry_mode": DEFAULT_RETRY_MODE,
-            "max_attempts": DEFAULT_MAX_ATTEMPTS,
-            "crt": True,
-        },
-        "pricing": asdict(Prices()),
-    }
+    from matricula_backup import config_model
+
+    return config_model.template()
 
 
-def _check_url(url: str, where: str, secret: bool) -> None:
-    shown = redact_url(url) if secret else url
-    try:
-        parsed = httpx.URL(url)
-    except Exception:
-        raise ConfigError(f"{CONFIG_NAME}: {where}: not a valid URL: {shown}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigError(
-            f"{CONFIG_NAME}: {where}: must be an http:// or https:// URL, not {shown}"
-        )
+def __getattr__(name: str) -> Any:
+    """``_ALLOWED``: the keys of each section, read from the model when first asked for."""
+    if name == "_ALLOWED":
+        from matricula_backup import config_model
 
-
-def _kind(value: Any) -> str:
-    names = {
-        dict: "an object",
-        list: "a list",
-        str: "a string",
-        bool: "true/false",
-        int: "a number",
-        float: "a number",
-    }
-    return "null" if value is None else names.get(type(value), type(value).__name__)
+        return config_model.allowed_keys()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --- JSON oddities: NaN, Infinity, numbers too long to convert, surrogates, NUL -------------

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+import os
 import sqlite3
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Connection, MetaData, Table, create_engine, inspect
 
 from matricula_backup.db.engine import (
     alembic_config,
@@ -16,7 +22,7 @@ from matricula_backup.db.engine import (
     open_state_db,
     open_state_db_for_dry_run,
 )
-from matricula_backup.db.schema import metadata
+from matricula_backup.db.schema import files_table_ddl, is_files_table, metadata
 
 
 def test_there_is_one_head() -> None:
@@ -151,3 +157,213 @@ def test_upgrade_to_0005_adds_retain_until_to_every_files_table(tmp_path: Path) 
     engine.dispose()
     assert rows == [("x.tif", "v1", None)]
     assert ("ix_files_a_12345678_retain_until",) in indexes
+
+
+# --- The upgraded schema is the schema of the models -----------------------------------------
+
+_FOLDER_ROWS = (
+    "INSERT INTO folders (path, bucket, table_name, created_at) VALUES "
+    "('/images/a', 'a-12345678', 'files_a_12345678', 1700000000)"
+)
+
+
+def _expected_metadata(connection: Connection) -> MetaData:
+    """The models: the fixed tables, and each files table as its template would make it.
+
+    The template is plain DDL (``files_table_ddl``), so it is run on an empty
+    in-memory database under the same name and reflected from there.
+    """
+    expected = MetaData()
+    for table in metadata.tables.values():
+        table.to_metadata(expected)
+    names = [row[0] for row in connection.exec_driver_sql("SELECT table_name FROM folders")]
+    template = create_engine("sqlite+pysqlite://")
+    try:
+        with template.begin() as made:
+            for name in names:
+                for statement in files_table_ddl(name):
+                    made.exec_driver_sql(statement)
+            for name in names:
+                Table(name, expected, autoload_with=made)
+    finally:
+        template.dispose()
+    return expected
+
+
+def _differences(connection: Connection) -> list[Any]:
+    """What autogenerate would change in this database to reach the models."""
+    expected = _expected_metadata(connection)
+    found = set(inspect(connection).get_table_names())
+    context = MigrationContext.configure(
+        connection,
+        opts={
+            "compare_type": True,
+            "compare_server_default": True,
+            # alembic's own table is not a model; any other table is (files tables too).
+            "include_name": lambda name, type_, _parents: (
+                not (type_ == "table" and name == "alembic_version")
+            ),
+        },
+    )
+    diff = compare_metadata(context, expected)
+    diff.extend(_partial_index_differences(connection, expected, found))
+    return diff
+
+
+def _index_sql(connection: Connection, table: str) -> dict[str, str]:
+    rows = connection.exec_driver_sql(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+        "AND sql IS NOT NULL",
+        (table,),
+    ).all()
+    return {name: " ".join(sql.replace("IF NOT EXISTS ", "").split()) for name, sql in rows}
+
+
+def _partial_index_differences(
+    connection: Connection, expected: MetaData, found: set[str]
+) -> list[tuple[str, str, str | None, str | None]]:
+    """compare_metadata does not compare an index's WHERE: compare the files tables' SQL."""
+    template = create_engine("sqlite+pysqlite://")
+    differences = []
+    try:
+        with template.begin() as made:
+            for name in sorted(n for n in expected.tables if is_files_table(n) and n in found):
+                for statement in files_table_ddl(name):
+                    made.exec_driver_sql(statement)
+                want, have = _index_sql(made, name), _index_sql(connection, name)
+                for index in sorted(set(want) | set(have)):
+                    if want.get(index) != have.get(index):
+                        differences.append(("index sql", index, want.get(index), have.get(index)))
+    finally:
+        template.dispose()
+    return differences
+
+
+def test_the_upgraded_schema_is_the_models(tmp_path: Path) -> None:
+    """Every migration from an empty file to head gives exactly the models' tables.
+
+    A new migration passes only with the matching change in db/schema.py (or in the
+    files table template) and the other way round.
+    """
+    engine = open_state_db(tmp_path)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(_FOLDER_ROWS)
+            for statement in files_table_ddl("files_a_12345678"):
+                connection.exec_driver_sql(statement)
+        with engine.connect() as connection:
+            assert _differences(connection) == []
+    finally:
+        engine.dispose()
+
+
+def test_the_comparison_sees_a_model_the_migrations_do_not_make(tmp_path: Path) -> None:
+    """The check above is not blind: a column, an index or a files table change shows."""
+    engine = open_state_db(tmp_path)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(_FOLDER_ROWS)
+            for statement in files_table_ddl("files_a_12345678"):
+                connection.exec_driver_sql(statement)
+            connection.exec_driver_sql('DROP INDEX "ix_files_a_12345678_not_backed_up"')
+            connection.exec_driver_sql(
+                'CREATE INDEX "ix_files_a_12345678_not_backed_up" ON "files_a_12345678" (state)'
+            )
+            connection.exec_driver_sql("ALTER TABLE runs ADD COLUMN surplus INTEGER")
+            connection.exec_driver_sql('ALTER TABLE "files_a_12345678" ADD COLUMN extra TEXT')
+            connection.exec_driver_sql("DROP INDEX ix_run_folders_run_id")
+        with engine.connect() as connection:
+            shown = repr(_differences(connection))
+    finally:
+        engine.dispose()
+    assert "surplus" in shown and "extra" in shown and "ix_run_folders_run_id" in shown
+    assert "ix_files_a_12345678_not_backed_up" in shown  # the WHERE went missing
+
+
+def test_autogenerate_leaves_the_files_tables_alone(tmp_path: Path) -> None:
+    """migrations/env.py's include_name: no revision proposes dropping a folder's table."""
+    from alembic import command
+
+    engine = open_state_db(tmp_path)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(_FOLDER_ROWS)
+        for statement in files_table_ddl("files_a_12345678"):
+            connection.exec_driver_sql(statement)
+    engine.dispose()
+    config = alembic_config()
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    config.set_main_option("path_separator", "os")
+    config.set_main_option(
+        "version_locations", os.pathsep.join([str(migrations_dir() / "versions"), str(versions)])
+    )
+    config.cmd_opts = argparse.Namespace(x=[f"db={tmp_path / 'state.db'}"])
+    command.revision(config, "probe", autogenerate=True, version_path=str(versions))
+    (written,) = versions.glob("*_probe.py")
+    text = written.read_text()
+    assert "files_a_12345678" not in text
+    assert "op.drop_table" not in text and "op.create_table" not in text
+
+
+# --- Downgrades: every step down and up again keeps the rows --------------------------------
+
+
+def _revisions() -> list[str]:
+    """Every revision, oldest first."""
+    script = ScriptDirectory.from_config(alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def _fill(connection: Connection) -> None:
+    connection.exec_driver_sql(_FOLDER_ROWS)
+    for statement in files_table_ddl("files_a_12345678"):
+        connection.exec_driver_sql(statement)
+    connection.exec_driver_sql(
+        "INSERT INTO files_a_12345678 (path, size, mtime_ns, state, version_id) "
+        "VALUES ('x.tif', 1, 2, 'backed_up', 'v1')"
+    )
+    connection.exec_driver_sql(
+        "INSERT INTO runs (id, started_at, hostname, mode, outcome) "
+        "VALUES (1, 1700000000, 'h', 'backup', 'ok')"
+    )
+    connection.exec_driver_sql(
+        "INSERT INTO problems (run_id, folder, operation, path, message) "
+        "VALUES (1, '/images/a', 'scan', 'y.tif', 'Permission denied')"
+    )
+
+
+_KEPT = {  # rows in tables that every revision has: a downgrade must not lose them
+    "folders": "SELECT path, bucket, table_name, created_at FROM folders",
+    "files": "SELECT path, size, mtime_ns, state, version_id FROM files_a_12345678",
+    "runs": "SELECT id, started_at, hostname, mode, outcome FROM runs",
+    "problems": "SELECT run_id, folder, operation, path, message FROM problems",
+}
+
+
+@pytest.mark.parametrize("target", _revisions()[:-1])
+def test_down_to_each_revision_and_up_again_keeps_the_rows(tmp_path: Path, target: str) -> None:
+    from alembic import command
+
+    engine = open_state_db(tmp_path)
+    config = alembic_config()
+    try:
+        with engine.begin() as connection:
+            _fill(connection)
+            before = {name: connection.exec_driver_sql(sql).all() for name, sql in _KEPT.items()}
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.downgrade(config, target)
+        with engine.begin() as connection:
+            assert connection.exec_driver_sql("SELECT version_num FROM alembic_version").all() == [
+                (target,)
+            ]
+            down = {name: connection.exec_driver_sql(sql).all() for name, sql in _KEPT.items()}
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        with engine.connect() as connection:
+            after = {name: connection.exec_driver_sql(sql).all() for name, sql in _KEPT.items()}
+            assert _differences(connection) == []
+    finally:
+        engine.dispose()
+    assert before == down == after

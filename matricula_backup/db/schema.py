@@ -127,6 +127,14 @@ BACKED_UP = "backed_up"  # S3 confirmed an upload of exactly this size and mtime
 FAILED = "failed"  # the last upload attempt failed; retried next run
 
 
+FILES_TABLE_PREFIX = "files_"
+
+
+def is_files_table(name: str) -> bool:
+    """A per-folder files table (made from ``files_table_ddl``, not in ``metadata``)."""
+    return name.startswith(FILES_TABLE_PREFIX)
+
+
 def files_table_ddl(name: str, temporary: bool = False) -> list[str]:
     """CREATE statements of one backup folder's files table.
 
@@ -159,6 +167,7 @@ __all__ = [
     "FAILED",
     "PENDING",
     "files_table_ddl",
+    "is_files_table",
     "folders",
     "metadata",
     "problems",
