@@ -40,7 +40,7 @@ DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_STUCK_AFTER_HOURS = 72
 
 _ALLOWED: dict[str, set[str]] = {
-    "": {"backup", "notification", "aws", "pricing"},
+    "": {"backup", "notification", "aws", "pricing", "preservation"},
     "backup": {
         "folders",
         "roots",
@@ -66,6 +66,7 @@ _ALLOWED: dict[str, set[str]] = {
         "max_attempts",
         "crt",
     },
+    "preservation": {"scrub_days", "scrub_rate", "scrub_nightly", "scrub_nightly_minutes"},
 }
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 _OBJECT_LOCK_KEYS = {"mode", "days", "renew_days"}
@@ -83,6 +84,36 @@ class ObjectLock:
     mode: str  # GOVERNANCE | COMPLIANCE
     days: int
     renew_days: int
+
+
+@dataclass(frozen=True)
+class Preservation:
+    """preservation: how often scrub re-reads every file, how fast, and whether the
+    nightly run ends with one (scrub.py)."""
+
+    scrub_days: int = 90
+    scrub_rate: int = 50 * 1000**2  # bytes per second read from the image server
+    scrub_nightly: bool = False
+    scrub_nightly_minutes: int = 120  # the nightly scrub's time budget; the rest waits
+
+
+def _preservation(section: dict[str, Any]) -> Preservation:
+    rate = section.get("scrub_rate", "50MB/s")
+    try:
+        if not isinstance(rate, str):
+            raise ValueError(rate)
+        parsed = parse_rate(rate)
+    except ValueError:
+        raise ConfigError(
+            f'{CONFIG_NAME}: preservation.scrub_rate: must be a read rate like "50MB/s" or '
+            f'"200MiB/s", not {rate!r}'
+        ) from None
+    return Preservation(
+        scrub_days=_int(section, "scrub_days", 90, 1, 3650, "preservation"),
+        scrub_rate=parsed,
+        scrub_nightly=_bool(section, "preservation", "scrub_nightly"),
+        scrub_nightly_minutes=_int(section, "scrub_nightly_minutes", 120, 1, 1440, "preservation"),
+    )
 
 
 MAX_PRICE = 1_000_000  # USD; the list prices are fractions of a dollar
@@ -128,6 +159,7 @@ class Settings:
     aws: AwsSettings = AwsSettings()
     prices: Prices = Prices()
     object_lock: ObjectLock | None = None  # off unless config.json sets it
+    preservation: Preservation = Preservation()
     warnings: tuple[str, ...] = ()  # not errors: printed and logged, the run goes on
 
     @property
@@ -271,6 +303,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
             crt=_bool(aws, "aws", "crt", default=True),
         ),
         object_lock=_object_lock(backup.get("object_lock")),
+        preservation=_preservation(_section(top.get("preservation", {}), "preservation")),
     )
 
 
@@ -450,6 +483,12 @@ def template() -> dict[str, Any]:
             "crt": True,
         },
         "pricing": asdict(Prices()),
+        "preservation": {
+            "scrub_days": 90,
+            "scrub_rate": "50MB/s",
+            "scrub_nightly": False,
+            "scrub_nightly_minutes": 120,
+        },
     }
 
 
