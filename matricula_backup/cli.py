@@ -31,6 +31,11 @@ from matricula_backup.config import (
     redact_url,
     template,
 )
+from matricula_backup.drill import advance as drill_advance
+from matricula_backup.drill import card_items as drill_card_items
+from matricula_backup.drill import cost_line as drill_cost_line
+from matricula_backup.drill import drill_lines
+from matricula_backup.drill import start_or_resume as drill_start
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
@@ -474,6 +479,84 @@ def scrub(
         )
         notify.send(settings.webhook, card)
     raise typer.Exit(EXIT_WITH_ERRORS if report.failures or report.unreadable else EXIT_OK)
+
+
+@app.command()
+def drill(
+    cache: CacheOption = None,
+    sample: Annotated[
+        int, typer.Option(min=1, max=1000, help="How many random current objects to restore.")
+    ] = 20,
+    tier: Annotated[
+        str,
+        typer.Option(help="bulk: readable within 48 hours, cheapest; standard: within 12 hours."),
+    ] = "bulk",
+    every: Annotated[
+        int | None,
+        typer.Option(
+            "--every",
+            min=1,
+            help="Start a new drill only if the last one started at least this many days ago "
+            "(for a daily timer); a running drill always goes on.",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only a failed drill (for cron).")
+    ] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """A restore drill: restore random current objects from Deep Archive, compare their bytes
+    with state.db and the local files, delete the copies. Spans invocations (run it again
+    until it says PASSED or FAILED); one Teams card at the end.
+
+    Example: matricula-backup drill --cache /var/lib/matricula-backup --sample 20
+    """
+    cache, log_path = _start(cache, verbose)
+    if tier.lower() not in TIERS:
+        typer.echo(f"--tier {tier!r}: use bulk or standard", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    with _fatal_errors_exit():
+        settings = _load(cache)
+        with exclusive_lock(cache, "drill.lock"):
+            current = drill_start(settings, sample, TIERS[tier.lower()], every)
+            if current is None:
+                if not quiet:
+                    typer.echo(f"drill: none due (the last one started less than {every} days ago)")
+                raise typer.Exit(EXIT_OK)
+            logger.info("%s", drill_cost_line(current))
+            if not quiet:
+                typer.echo(drill_cost_line(current))
+            try:
+                current = drill_advance(settings, current)
+            except KeyboardInterrupt:
+                logger.error("interrupted; run the same command again to go on")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+    failed = bool(current.failed)  # said at once; the card waits for the end
+    for line in drill_lines(current):
+        logger.info("%s", line)
+        if not quiet or failed:
+            typer.echo(printable(line), err=failed and line.startswith("failed:"))
+    if current.finished and settings.webhook:
+        verdict = "passed" if current.passed else "FAILED"
+        title = (
+            f"Matricula restore drill on {socket.gethostname()} {verdict}: "
+            f"{current.checked - len(current.failed)} of {len(current.objects)} identical"
+        )
+        intro = (
+            f"{len(current.objects)} random objects were restored from Deep Archive "
+            f"({current.tier} tier) and compared with the SHA-256 recorded at upload and with "
+            "the local files."
+            + ("" if current.passed else " These failed: find out why before relying on them.")
+        )
+        card = notify.fixity_card(
+            title,
+            "Good" if current.passed else "Attention",
+            intro,
+            drill_card_items(current),
+            log_path or cache / LOG_NAME,
+        )
+        notify.send(settings.webhook, card)
+    raise typer.Exit(EXIT_WITH_ERRORS if failed else EXIT_OK)
 
 
 @app.command()

@@ -36,6 +36,7 @@ COMMAND_ROLES = {
     "verify": "backup",
     "check-config": "backup",  # --online: one GetBucketVersioning
     "restore": "restore",
+    "drill": "restore",  # a restore drill: list versions, HEAD, RestoreObject, GET
 }
 
 # S3 API operation -> the IAM actions it needs (AWS "Actions, resources, and

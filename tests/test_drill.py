@@ -1,0 +1,130 @@
+"""drill: a restore drill against moto, from the request to the card; tampering and kill -9."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import CLI, Setup
+from tests.s3proxy import CountingProxy
+
+
+def _backed_up(
+    setup: Setup, files: int = 3, size: int = 3000, webhook: str | None = None
+) -> list[Path]:
+    folders = [setup.images / "Taufbuch", setup.images / "Trauungsbuch"]
+    for folder in folders:
+        for number in range(files):
+            setup.file(f"{folder.name}/{number:03}.tif", os.urandom(size))
+    setup.write_config(
+        backup__folders=[str(f) for f in folders],
+        **({"notification__webhook": webhook} if webhook else {}),
+    )
+    assert setup.run().returncode == 0
+    return folders
+
+
+def test_a_drill_from_request_to_card(
+    setup: Setup, s3_proxy: CountingProxy, httpserver: Any
+) -> None:
+    httpserver.expect_request("/hook").respond_with_data("", status=202)
+    _backed_up(setup, webhook=httpserver.url_for("/hook") + "?sig=TOPSECRET")
+    s3_proxy.reset_counts()
+
+    first = setup.run("drill", "--sample", "4")
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0].startswith(
+        "drill #1 (new): 4 objects, Bulk tier; cost of what is left: about $"
+    )
+    assert "4 restores requested now, 4 waiting" in first.stdout
+    assert s3_proxy.requests["POST restore"] == 4
+    assert s3_proxy.requests["GET object"] == 0
+    assert not httpserver.log  # one card, at the end
+    # Spread over the folders: two of each.
+    assert sorted(setup.db("SELECT folder, count(*) FROM drill_objects GROUP BY folder")) == [
+        (str(setup.images / "Taufbuch"), 2),
+        (str(setup.images / "Trauungsbuch"), 2),
+    ]
+
+    second = setup.run("drill", "--sample", "4")  # moto makes restores readable at once
+    assert second.returncode == 0, second.stderr
+    assert "drill #1 PASSED: 4 of 4 restored copies identical" in second.stdout
+    assert s3_proxy.requests["POST restore"] == 4  # none asked twice
+    assert len(httpserver.log) == 1
+    card = str(httpserver.log[0][0].get_json())
+    assert "passed: 4 of 4 identical" in card and "TOPSECRET" not in card
+    assert setup.db("SELECT outcome FROM drills") == [("passed",)]
+    assert setup.db("SELECT count(*), min(result) FROM fixity_events WHERE kind = 'drill'") == [
+        (4, "ok")
+    ]
+    assert not (setup.cache / "drill-scratch").exists()
+
+    # A daily timer with --every 30 starts no new drill before 30 days.
+    third = setup.run("drill", "--every", "30")
+    assert third.returncode == 0 and "none due" in third.stdout
+    assert setup.db("SELECT count(*) FROM drills") == [(1,)]
+
+
+def test_a_latest_version_replaced_by_hand_fails_the_drill_loudly(
+    setup: Setup, s3: Any, httpserver: Any
+) -> None:
+    httpserver.expect_request("/hook").respond_with_data("", status=202)
+    folders = _backed_up(setup, files=1, webhook=httpserver.url_for("/hook"))
+    replaced = folders[0] / "000.tif"
+    bucket = setup.bucket(folders[0])
+    s3.put_object(Bucket=bucket, Key=str(replaced).lstrip("/"), Body=b"other bytes")
+
+    first = setup.run("drill", "--sample", "2")
+    assert first.returncode == 1  # known at once, before the drill ends
+    assert f"failed: {replaced}:" in first.stderr
+    assert not httpserver.log  # the card comes at the end
+    second = setup.run("drill", "--sample", "2")
+    assert second.returncode == 1
+    assert "drill #1 FAILED: 1 of 2 restored copies identical" in second.stdout
+    assert f"failed: {replaced}:" in second.stderr
+    assert "replaced or deleted outside this tool" in second.stderr
+    card = str(httpserver.log[-1][0].get_json())
+    assert str(replaced) in card and "FAILED" in card
+    assert setup.db(
+        "SELECT path, result FROM fixity_events WHERE kind = 'drill' ORDER BY path"
+    ) == [
+        ("000.tif", "failed"),
+        ("000.tif", "ok"),
+    ]
+
+
+def test_a_drill_killed_mid_way_resumes(setup: Setup, s3_proxy: CountingProxy) -> None:
+    _backed_up(setup, files=10, size=400_000)
+    assert setup.run("drill").returncode == 0  # requests the 20 restores
+    assert s3_proxy.requests["POST restore"] == 20
+    s3_proxy.reset_counts()
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    process = subprocess.Popen(
+        [CLI, "drill", "--cache", str(setup.cache)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while s3_proxy.requests["GET object"] < 3 and process.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checked = setup.db("SELECT count(*) FROM drill_objects WHERE result IS NOT NULL")[0][0]
+    assert 0 < checked < 20, checked  # killed mid-way, with progress kept
+    s3_proxy.reset_counts()
+
+    resumed = setup.run("drill")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "drill #1 PASSED: 20 of 20 restored copies identical" in resumed.stdout
+    assert s3_proxy.requests["POST restore"] == 0  # nothing asked twice
+    assert s3_proxy.requests["GET object"] == 20 - checked  # nothing read twice
+    assert setup.db("SELECT count(*) FROM fixity_events WHERE kind = 'drill'") == [(20,)]
+    assert not (setup.cache / "drill-scratch").exists()
