@@ -91,7 +91,7 @@ def test_a_latest_version_replaced_by_hand_fails_the_drill_loudly(
     card = str(httpserver.log[-1][0].get_json())
     assert str(replaced) in card and "FAILED" in card
     assert setup.db(
-        "SELECT path, result FROM fixity_events WHERE kind = 'drill' ORDER BY path"
+        "SELECT path, result FROM fixity_events WHERE kind = 'drill' ORDER BY path, result"
     ) == [
         ("000.tif", "failed"),
         ("000.tif", "ok"),
@@ -128,3 +128,48 @@ def test_a_drill_killed_mid_way_resumes(setup: Setup, s3_proxy: CountingProxy) -
     assert s3_proxy.requests["GET object"] == 20 - checked  # nothing read twice
     assert setup.db("SELECT count(*) FROM fixity_events WHERE kind = 'drill'") == [(20,)]
     assert not (setup.cache / "drill-scratch").exists()
+
+
+def _auditor_query() -> str:
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("**The auditor's query**", 1)[1]
+    return section.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+def test_status_and_the_auditors_query_show_every_check(setup: Setup) -> None:
+    folders = _backed_up(setup, files=1)
+    assert setup.run("scrub").returncode == 0
+    deep = setup.run("verify", "--deep")
+    assert deep.returncode == 0, deep.stdout
+    assert setup.run("drill", "--sample", "2").returncode == 0
+    assert setup.run("drill", "--sample", "2").returncode == 0
+
+    for folder in folders:
+        kinds = setup.db(
+            "SELECT kind, copy, result FROM fixity_events WHERE folder = ? ORDER BY id", str(folder)
+        )
+        assert kinds == [
+            ("upload", "both", "ok"),
+            ("scrub", "local", "ok"),
+            ("cloud check", "bucket", "ok"),
+            ("drill", "bucket", "ok"),
+        ]
+    query = _auditor_query()
+    assert "'/images/Taufbuch 1890'" in query and "'001.tif'" in query
+    rows = setup.db(
+        query.replace("'/images/Taufbuch 1890'", "?").replace("'001.tif'", "?"),
+        str(folders[0]),
+        "000.tif",
+    )
+    assert [row[0] for row in rows] == ["both", "bucket", "local"]
+    assert rows[0][1] == "upload" and rows[2][1] == "scrub"
+    assert rows[1][1] in ("drill", "cloud check")  # the latest of the two (same second?)
+
+    status = setup.run("status")
+    assert status.returncode == 0
+    line = next(x for x in status.stdout.splitlines() if x.startswith(f"{folders[0]}: scrubbed"))
+    assert "scrubbed within 90 days: 1 of 1 files (100%)" in line
+    assert "last drill #1 passed" in line and "(1 of 1 objects of this folder identical)" in line
+    assert "last verify --deep never" not in line
+    as_json = setup.run("status", "--json").stdout
+    assert '"last_drill_outcome": "passed"' in as_json and '"scrubbed_recently": 1' in as_json

@@ -172,6 +172,7 @@ fixity_events = Table(
     Column("version_id", Text),  # the bucket's version the check was about
     Column("detail", Text),
     Index("ix_fixity_events_file", "folder", "path", "at"),
+    Index("ix_fixity_events_kind", "folder", "kind", "at"),  # status: the last of each kind
 )
 
 # When scrub last read each file (the due share: never since its upload, or

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("detail", sa.Text),
     )
     op.create_index("ix_fixity_events_file", "fixity_events", ["folder", "path", "at"])
+    op.create_index("ix_fixity_events_kind", "fixity_events", ["folder", "kind", "at"])
     op.create_table(
         "scrub_checks",
         sa.Column("folder", sa.Text, primary_key=True),
@@ -82,5 +83,6 @@ def downgrade() -> None:
     op.drop_table("drills")
     op.drop_table("fixity_holds")
     op.drop_table("scrub_checks")
+    op.drop_index("ix_fixity_events_kind", "fixity_events")
     op.drop_index("ix_fixity_events_file", "fixity_events")
     op.drop_table("fixity_events")
