@@ -531,11 +531,11 @@ def drill(
             except KeyboardInterrupt:
                 logger.error("interrupted; run the same command again to go on")
                 raise typer.Exit(EXIT_INTERRUPTED) from None
-    failed = bool(current.failed)  # said at once; the card waits for the end
+    failed = bool(current.failed or current.errors)  # said at once; the card waits for the end
     for line in drill_lines(current):
         logger.info("%s", line)
         if not quiet or failed:
-            typer.echo(printable(line), err=failed and line.startswith("failed:"))
+            typer.echo(printable(line), err=line.startswith(("failed:", "error:")))
     if current.finished and settings.webhook:
         verdict = "passed" if current.passed else "FAILED"
         title = (

@@ -61,6 +61,7 @@ class DrillReport:
     waiting: int = 0  # requested, not readable yet
     finished: bool = False
     passed: bool = False
+    errors: list[str] = field(default_factory=list)  # S3 errors: no verdict, tried again
 
     @property
     def failed(self) -> list[DrillObject]:
@@ -243,8 +244,15 @@ def _step(
         )
         _done(conn, report, folder, path, version_id, ok, detail)
     except s3.S3_ERRORS as exc:
-        # Not a verdict: the next invocation tries again (the error is logged).
-        logger.error("drill: s3://%s/%s: %s; tried again next time", bucket, key, s3.describe(exc))
+        # Not a verdict on the bytes: the next invocation tries again.
+        message = f"s3://{bucket}/{key}: {s3.describe(exc)}; tried again by the next drill"
+        if s3.error_code(exc) in ("AccessDenied", "403"):
+            message += (
+                " (the drill needs what the restore role allows: s3:RestoreObject and "
+                "s3:GetObjectVersion; matricula-backup iam-policy --role restore prints it)"
+            )
+        logger.error("drill: %s", message)
+        report.errors.append(message)
 
 
 def _latest(store: s3.Store, bucket: str, key: str) -> str | None:
@@ -350,7 +358,11 @@ def drill_lines(report: DrillReport) -> list[str]:
             f"{RESTORE_HOURS.get(report.tier, 48)} hours; run matricula-backup drill again "
             "(the monthly timer does, daily until it is done)"
         )
-    return lines + [f"failed: {o.folder}/{o.path}: {o.detail}" for o in report.failed]
+    return (
+        lines
+        + [f"failed: {o.folder}/{o.path}: {o.detail}" for o in report.failed]
+        + [f"error: {error}" for error in report.errors]
+    )
 
 
 def card_items(report: DrillReport) -> list[tuple[str, list[tuple[str, str]], str | None]]:

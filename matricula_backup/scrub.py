@@ -17,12 +17,15 @@ import logging
 import os
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection
 
 from matricula_backup import fixity
+from matricula_backup.access import denied, read_hint
 from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP
@@ -211,12 +214,11 @@ def _build_due(conn: Connection, folders: list[_Folder], scrub_days: int) -> int
 def _check_one(
     conn: Connection,
     settings: Settings,
-    row: tuple[object, ...],
+    row: Sequence[Any],
     throttle: Throttle,
     report: ScrubReport,
 ) -> None:
     folder, path, size, mtime_ns, recorded, version_id, verified_at, bucket, _table = row
-    assert isinstance(folder, str) and isinstance(path, str) and isinstance(recorded, bytes)
     full = Path(folder) / path
     before = fixity.stat_key(full)
     if before != (size, mtime_ns):
@@ -225,9 +227,10 @@ def _check_one(
     try:
         digest = fixity.sha256_of(full, throttle)
     except OSError as exc:
-        report.unreadable.append(f"{full}: cannot read: {exc.strerror or exc}")
+        hint = f" ({read_hint()})" if denied(exc) else ""
+        report.unreadable.append(f"{full}: cannot read: {exc.strerror or exc}{hint}; not scrubbed")
         return
-    report.bytes_read += int(size)  # type: ignore[call-overload]
+    report.bytes_read += size
     if fixity.stat_key(full) != before:
         report.skipped += 1  # written to while it was read
         return
@@ -253,7 +256,7 @@ def _check_one(
     when = verified_at if isinstance(verified_at, int) else None
     fixity.hold(
         conn,
-        fixity.Hold(folder, path, recorded, vid, int(size), int(mtime_ns), when, now, digest),  # type: ignore[call-overload]
+        fixity.Hold(folder, path, recorded, vid, size, mtime_ns, when, now, digest),
     )
     failure = Failure(
         folder,

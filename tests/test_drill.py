@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import CLI, Setup
+from tests.faultproxy import FaultProxy
 from tests.s3proxy import CountingProxy
 
 
@@ -173,3 +174,23 @@ def test_status_and_the_auditors_query_show_every_check(setup: Setup) -> None:
     assert "last verify --deep never" not in line
     as_json = setup.run("status", "--json").stdout
     assert '"last_drill_outcome": "passed"' in as_json and '"scrubbed_recently": 1' in as_json
+
+
+def test_keys_that_may_not_restore_make_the_drill_say_so(setup: Setup, moto_url: str) -> None:
+    """The nightly role's keys have no s3:RestoreObject: S3 answers 403 (the proxy plays it)."""
+    proxy = FaultProxy(moto_url, seed=1).start()
+    try:
+        setup.write_config(aws__endpoint_url=proxy.url)
+        _backed_up(setup, files=1)
+        proxy.configure(rate=1.0, kinds=("denied",), only={"POST restore"})
+        result = setup.run("drill", "--sample", "2")
+        assert result.returncode == 1
+        assert "AccessDenied" in result.stderr and "iam-policy --role restore" in result.stderr
+        assert setup.db("SELECT count(*) FROM drill_objects WHERE requested_at IS NULL") == [(2,)]
+
+        proxy.configure(rate=0.0)  # the right keys: the same drill goes on
+        assert setup.run("drill").returncode == 0
+        finished = setup.run("drill")
+        assert "drill #1 PASSED: 2 of 2" in finished.stdout, finished.stderr
+    finally:
+        proxy.stop()
