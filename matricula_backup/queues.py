@@ -111,8 +111,8 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
         WHERE (f.path IS NULL OR f.state != '{BACKED_UP}'
            OR f.size != s.size OR f.mtime_ns != s.mtime_ns)
           -- A file held by scrub (its bytes failed fixity) is not uploaded over the good copy.
-          AND NOT EXISTS (SELECT 1 FROM fixity_holds AS h JOIN folders AS d ON d.path = h.folder
-                          WHERE d.table_name = '{table}' AND h.path = s.path)
+          AND NOT EXISTS (SELECT 1 FROM fixity_holds AS h WHERE h.path = s.path AND h.folder =
+                          (SELECT path FROM folders WHERE table_name = '{table}'))
         ORDER BY s.path"""
     )
     conn.exec_driver_sql(
