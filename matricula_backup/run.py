@@ -207,6 +207,13 @@ def _backup_folder(
 
         if not dry_run:  # a held file whose good bytes are back is held no longer
             fixity.release_restored(conn, source)
+        held = fixity.holds(conn, source)
+        if held:  # left out of the upload queue: said every run, never in silence
+            run.add_warning(
+                f"{source}: {len(held)} files held after a fixity failure are not uploaded "
+                f"(e.g. {held[0].path}): restore their good copy or run matricula-backup scrub "
+                f"--cache {settings.cache_dir} --accept PATH"
+            )
         sizes = queues.build_queues(conn, record.table, record.bucket_ready)
         lock = settings.object_lock
         renew_before = int(time.time()) + (lock.renew_days * DAY if lock else 0)

@@ -75,7 +75,9 @@ def test_a_damaged_file_is_reported_held_and_uploaded_once_after_accept(
     assert sorted(_events(setup, "scrub")) == [("001.tif", "failed"), ("002.tif", "ok")]
 
     # The next runs never upload it: not as it is, not when it is touched, not after --reset.
-    assert setup.run().returncode == 0
+    nightly = setup.run()
+    assert nightly.returncode == 0
+    assert "1 files held after a fixity failure are not uploaded (e.g. 001.tif)" in nightly.stdout
     os.utime(damaged, (time.time(), time.time()))
     assert setup.run().returncode == 0
     assert setup.run("--reset").returncode == 0
