@@ -31,6 +31,11 @@ from matricula_backup.config import (
     redact_url,
     template,
 )
+from matricula_backup.drill import advance as drill_advance
+from matricula_backup.drill import card_items as drill_card_items
+from matricula_backup.drill import cost_line as drill_cost_line
+from matricula_backup.drill import drill_lines
+from matricula_backup.drill import start_or_resume as drill_start
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
@@ -52,6 +57,9 @@ from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
 from matricula_backup.s3 import enable_lock_command
+from matricula_backup.scrub import accept as run_scrub_accept
+from matricula_backup.scrub import card_items as scrub_card_items
+from matricula_backup.scrub import run_scrub, scrub_lines
 from matricula_backup.status import (
     history_lines,
     read_history,
@@ -399,6 +407,156 @@ def verify(
         told.problems = [Problem(f.folder, "verify", str(f)) for f in report.findings[:1000]]
         _notify(settings, told, log_path or cache / LOG_NAME)
     raise typer.Exit(EXIT_WITH_ERRORS if report.findings else EXIT_OK)
+
+
+@app.command()
+def scrub(
+    cache: CacheOption = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--max-minutes",
+            min=0,
+            help="Stop reading after this many minutes; the rest is due at the next scrub.",
+        ),
+    ] = None,
+    accept: Annotated[
+        Path | None,
+        typer.Option(
+            "--accept",
+            help="The held file's new bytes are right: the next run uploads them (reads "
+            "nothing else).",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the failures (for cron).")
+    ] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Re-read the files due (not read since their upload or for preservation.scrub_days)
+    and compare their SHA-256 with the upload's, at preservation.scrub_rate.
+
+    A mismatch holds the file (never uploaded over its good copy), exits 1 and tells Teams
+    with the restore command.
+
+    Example: matricula-backup scrub --cache /var/lib/matricula-backup --max-minutes 120
+    """
+    cache, log_path = _start(cache, verbose)
+    with _fatal_errors_exit():
+        settings = _load(cache)
+        with exclusive_lock(cache):
+            if accept is not None:
+                full, ended = run_scrub_accept(settings, accept)
+                typer.echo(
+                    printable(
+                        f"accepted: {full}: the next run uploads its new bytes "
+                        f"(sha256 {ended.found_sha256.hex()})"
+                    )
+                )
+                logger.warning("scrub --accept %s: the new bytes are accepted", full)
+                raise typer.Exit(EXIT_OK)
+            try:
+                report = run_scrub(settings, max_minutes)
+            except KeyboardInterrupt:
+                logger.error("interrupted; what was read is recorded")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+    for line in scrub_lines(report):
+        logger.info("%s", line)
+        if not quiet:
+            typer.echo(printable(line))
+    for problem in [f.message() for f in report.failures] + report.unreadable:
+        typer.echo(f"error: {printable(problem)}", err=True)
+    if report.failures and settings.webhook:
+        title = f"Matricula scrub on {socket.gethostname()}: {len(report.failures)} fixity failures"
+        intro = (
+            "These files changed on the image server although their size and mtime did not "
+            "(bit rot or tampering). They are held: no run uploads them over the good copy. "
+            "Restore the good copy with the command below, or run matricula-backup scrub "
+            "--accept PATH if the new bytes are right."
+        )
+        card = notify.fixity_card(
+            title, "Attention", intro, scrub_card_items(report), log_path or cache / LOG_NAME
+        )
+        notify.send(settings.webhook, card)
+    raise typer.Exit(EXIT_WITH_ERRORS if report.failures or report.unreadable else EXIT_OK)
+
+
+@app.command()
+def drill(
+    cache: CacheOption = None,
+    sample: Annotated[
+        int, typer.Option(min=1, max=1000, help="How many random current objects to restore.")
+    ] = 20,
+    tier: Annotated[
+        str,
+        typer.Option(help="bulk: readable within 48 hours, cheapest; standard: within 12 hours."),
+    ] = "bulk",
+    every: Annotated[
+        int | None,
+        typer.Option(
+            "--every",
+            min=1,
+            help="Start a new drill only if the last one started at least this many days ago "
+            "(for a daily timer); a running drill always goes on.",
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only a failed drill (for cron).")
+    ] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """A restore drill: restore random current objects from Deep Archive, compare their bytes
+    with state.db and the local files, delete the copies. Spans invocations (run it again
+    until it says PASSED or FAILED); one Teams card at the end.
+
+    Example: matricula-backup drill --cache /var/lib/matricula-backup --sample 20
+    """
+    cache, log_path = _start(cache, verbose)
+    if tier.lower() not in TIERS:
+        typer.echo(f"--tier {tier!r}: use bulk or standard", err=True)
+        raise typer.Exit(EXIT_COULD_NOT_RUN)
+    with _fatal_errors_exit():
+        settings = _load(cache)
+        with exclusive_lock(cache, "drill.lock"):
+            current = drill_start(settings, sample, TIERS[tier.lower()], every)
+            if current is None:
+                if not quiet:
+                    typer.echo(f"drill: none due (the last one started less than {every} days ago)")
+                raise typer.Exit(EXIT_OK)
+            logger.info("%s", drill_cost_line(current))
+            if not quiet:
+                typer.echo(drill_cost_line(current))
+            try:
+                current = drill_advance(settings, current)
+            except KeyboardInterrupt:
+                logger.error("interrupted; run the same command again to go on")
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+    failed = bool(current.failed or current.errors)  # said at once; the card waits for the end
+    for line in drill_lines(current):
+        logger.info("%s", line)
+        if not quiet or failed:
+            typer.echo(printable(line), err=line.startswith(("failed:", "error:")))
+    if current.finished and settings.webhook:
+        verdict = "passed" if current.passed else "FAILED"
+        title = (
+            f"Matricula restore drill on {socket.gethostname()} {verdict}: "
+            f"{current.checked - len(current.failed)} of {len(current.objects)} identical"
+        )
+        intro = (
+            f"{len(current.objects)} random objects were restored from Deep Archive "
+            f"({current.tier} tier) and compared with the SHA-256 recorded at upload and with "
+            "the local files."
+            + ("" if current.passed else " These failed: find out why before relying on them.")
+        )
+        card = notify.fixity_card(
+            title,
+            "Good" if current.passed else "Attention",
+            intro,
+            drill_card_items(current),
+            log_path or cache / LOG_NAME,
+        )
+        notify.send(settings.webhook, card)
+    raise typer.Exit(EXIT_WITH_ERRORS if failed else EXIT_OK)
 
 
 @app.command()

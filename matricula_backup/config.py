@@ -57,6 +57,17 @@ class ObjectLock:
     renew_days: int
 
 
+@dataclass(frozen=True)
+class Preservation:
+    """preservation: how often scrub re-reads every file, how fast, and whether the
+    nightly run ends with one (scrub.py)."""
+
+    scrub_days: int = 90
+    scrub_rate: int = 50 * 1000**2  # bytes per second read from the image server
+    scrub_nightly: bool = False
+    scrub_nightly_minutes: int = 120  # the nightly scrub's time budget; the rest waits
+
+
 MAX_PRICE = 1_000_000  # USD; the list prices are fractions of a dollar
 
 
@@ -100,6 +111,7 @@ class Settings:
     aws: AwsSettings = AwsSettings()
     prices: Prices = Prices()
     object_lock: ObjectLock | None = None  # off unless config.json sets it
+    preservation: Preservation = Preservation()
     warnings: tuple[str, ...] = ()  # not errors: printed and logged, the run goes on
 
     @property
@@ -155,6 +167,7 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
     document = config_model.validate(raw)
     backup, notification, aws = document.backup, document.notification, document.aws
     lock = backup.object_lock
+    scrub = document.preservation
     return Settings(
         cache_dir=cache_dir,
         folders=tuple(Path(path) for path in backup.folders),
@@ -184,6 +197,12 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
             crt=aws.crt,
         ),
         object_lock=ObjectLock(lock.mode, lock.days, lock.renew()) if lock else None,
+        preservation=Preservation(
+            scrub_days=scrub.scrub_days,
+            scrub_rate=parse_rate(str(scrub.scrub_rate)),
+            scrub_nightly=scrub.scrub_nightly,
+            scrub_nightly_minutes=scrub.scrub_nightly_minutes,
+        ),
     )
 
 

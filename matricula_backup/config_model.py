@@ -181,6 +181,19 @@ def _rate(value: Any, _handler: Any) -> str | int | None:
     return value
 
 
+def _scrub_rate(value: Any, handler: Any) -> str | int:
+    """A read rate is required here: null would mean reading as fast as the disks go."""
+    wording = 'must be a read rate like "50MB/s" or "200MiB/s"'
+    if value is None or value == "":
+        raise Refusal(f"{wording}, not null")
+    try:
+        rate = _rate(value, handler)
+    except Refusal:
+        raise Refusal(f"{wording}, not {value!r}") from None
+    assert rate is not None
+    return rate
+
+
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,29}$")
 
 
@@ -470,6 +483,26 @@ else:
     Pricing = create_model("Pricing", __base__=_PricingBase, __module__=__name__, **_PRICE_FIELDS)
 
 
+class Preservation(_Section):
+    scrub_days: _whole(1, 3650) = Field(  # type: ignore[valid-type]
+        90,
+        description="1-3650: `scrub` reads every backed-up file at least once in this many "
+        "days (see [Proving the archive](#proving-the-archive))",
+    )
+    scrub_rate: Annotated[str | int, WrapValidator(_scrub_rate)] = Field(
+        "50MB/s",
+        description='how fast `scrub` reads from the image server, e.g. `"50MB/s"`, `"200MiB/s"`',
+    )
+    scrub_nightly: _Flag = Field(
+        False, description="`true`: the nightly run ends with a scrub of the due share"
+    )
+    scrub_nightly_minutes: _whole(1, 1440) = Field(  # type: ignore[valid-type]
+        120,
+        description="1-1440: the time budget of that nightly scrub; the rest is due at the "
+        "next one",
+    )
+
+
 class ConfigFile(_Section):
     """config.json."""
 
@@ -485,6 +518,9 @@ class ConfigFile(_Section):
     notification: Annotated[Notification, _OBJECT] = _section(Notification, "the Teams webhook")
     aws: Annotated[Aws, _OBJECT] = _section(Aws, "how to reach S3")
     pricing: Annotated[Pricing, _OBJECT] = _section(Pricing, "prices for the cost lines")
+    preservation: Annotated[Preservation, _OBJECT] = _section(
+        Preservation, "how often and how fast scrub re-reads the image server"
+    )
 
     @model_validator(mode="after")
     def _something_to_back_up(self) -> Self:

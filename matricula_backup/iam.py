@@ -10,8 +10,8 @@ Three roles, each a set of IAM actions:
   delete marker. It may NOT delete a version or a bucket, change a bucket
   policy or bypass a governance retention: the policy denies those outright,
   so that a broader policy attached by mistake does not give them back.
-- ``restore``: ``restore``: list the buckets and their versions, HEAD and
-  GET versions, RestoreObject.
+- ``restore``: ``restore`` and ``drill``: list the buckets and their versions,
+  HEAD and GET versions, RestoreObject.
 - ``admin``: everything on the tool's buckets, for what the tool never does
   on its own: delete versions or buckets on purpose, remove a bucket policy,
   shorten a governance retention. Used by people, by hand.
@@ -36,6 +36,7 @@ COMMAND_ROLES = {
     "verify": "backup",
     "check-config": "backup",  # --online: one GetBucketVersioning
     "restore": "restore",
+    "drill": "restore",  # a restore drill: list versions, HEAD, RestoreObject, GET
 }
 
 # S3 API operation -> the IAM actions it needs (AWS "Actions, resources, and

@@ -229,3 +229,50 @@ def _without_secret(text: str, webhook: str) -> str:
             for form in sorted({raw, unquote(raw), quote(unquote(raw), safe="")}, key=len)[::-1]:
                 text = text.replace(form, REDACTED)
     return printable(redact(text))
+
+
+# An item of a fixity card: the file, facts about it, and a command to run (or None).
+CardItem = tuple[str, list[tuple[str, str]], str | None]
+MAX_CARD_ITEMS = 10
+
+
+def fixity_card(
+    title: str, color: str, intro: str, items: list[CardItem], log_path: Path
+) -> dict[str, Any]:
+    """A scrub's fixity failures or a finished restore drill: each file named, its facts,
+    and the exact command that repairs it. File names are escaped (``_card_text``)."""
+    body: list[dict[str, Any]] = [
+        _title(title, color),
+        {"type": "TextBlock", "wrap": True, "text": intro},
+    ]
+    for name, facts, command in items[:MAX_CARD_ITEMS]:
+        body.append(
+            {"type": "TextBlock", "weight": "Bolder", "wrap": True, "text": _card_text(name)}
+        )
+        body.append(
+            {
+                "type": "FactSet",
+                "facts": [{"title": t, "value": _card_text(v)} for t, v in facts],
+            }
+        )
+        if command:
+            body.append(
+                {
+                    "type": "TextBlock",
+                    "wrap": True,
+                    "fontType": "Monospace",
+                    "size": "Small",
+                    "text": printable(command),
+                }
+            )
+    if len(items) > MAX_CARD_ITEMS:
+        body.append(
+            {
+                "type": "TextBlock",
+                "wrap": True,
+                "isSubtle": True,
+                "text": f"... and {len(items) - MAX_CARD_ITEMS} more: see {log_path}",
+            }
+        )
+    body.append({"type": "TextBlock", "wrap": True, "isSubtle": True, "text": f"Log: {log_path}"})
+    return _envelope(body)

@@ -108,8 +108,11 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
                coalesce(f.sha256 IS NULL AND f.uploaded_at IS NOT NULL AND f.size = s.size, 0)
                    AS check_bucket
         FROM temp.scan AS s LEFT JOIN "{table}" AS f ON f.path = s.path
-        WHERE f.path IS NULL OR f.state != '{BACKED_UP}'
-           OR f.size != s.size OR f.mtime_ns != s.mtime_ns
+        WHERE (f.path IS NULL OR f.state != '{BACKED_UP}'
+           OR f.size != s.size OR f.mtime_ns != s.mtime_ns)
+          -- A file held by scrub (its bytes failed fixity) is not uploaded over the good copy.
+          AND NOT EXISTS (SELECT 1 FROM fixity_holds AS h WHERE h.path = s.path AND h.folder =
+                          (SELECT path FROM folders WHERE table_name = '{table}'))
         ORDER BY s.path"""
     )
     conn.exec_driver_sql(

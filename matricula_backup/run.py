@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from matricula_backup import forget, online, queues, s3, worker
+from matricula_backup import fixity, forget, online, queues, s3, scrub, worker
 from matricula_backup.config import Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
@@ -128,6 +128,8 @@ def _run_folders(
         if not options.only:  # --folder: the other folders are not looked at
             for gone in forget.gone_folders(conn, settings, folders):
                 report.add_problem(forget.gone_problem(gone, settings.cache_dir))
+        if settings.preservation.scrub_nightly and not options.dry_run and not options.only:
+            _nightly_scrub(conn, settings, report)
         outcome = "errors" if report.error_count else "ok"
     except KeyboardInterrupt:
         report.interrupted = True
@@ -203,6 +205,15 @@ def _backup_folder(
             if not dry_run:
                 records.mark_listed(conn, record)
 
+        if not dry_run:  # a held file whose good bytes are back is held no longer
+            fixity.release_restored(conn, source)
+        held = fixity.holds(conn, source)
+        if held:  # left out of the upload queue: said every run, never in silence
+            run.add_warning(
+                f"{source}: {len(held)} files held after a fixity failure are not uploaded "
+                f"(e.g. {held[0].path}): restore their good copy or run matricula-backup scrub "
+                f"--cache {settings.cache_dir} --accept PATH"
+            )
         sizes = queues.build_queues(conn, record.table, record.bucket_ready)
         lock = settings.object_lock
         renew_before = int(time.time()) + (lock.renew_days * DAY if lock else 0)
@@ -301,6 +312,17 @@ def _backup_folder(
         report.finished_at = int(time.time())
         report.s3_requests = store.requests - requests_before
         logger.info("%s", folder_line(report, dry_run))
+
+
+def _nightly_scrub(conn: Connection, settings: Settings, report: RunReport) -> None:
+    """preservation.scrub_nightly: the due share after the backup, within its time budget."""
+    scrubbed = scrub.scrub(conn, settings, settings.preservation.scrub_nightly_minutes)
+    for line in scrub.scrub_lines(scrubbed):
+        logger.info("%s", line)
+    for failure in scrubbed.failures:
+        report.add_problem(Problem(failure.folder, "fixity", failure.message(), failure.full_path))
+    for message in scrubbed.unreadable:
+        report.add_problem(Problem("(scrub)", "fixity", message))
 
 
 def dead_run_problem(dead: records.DeadRun) -> Problem:

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
-from matricula_backup.config import Settings
+from matricula_backup.config import Preservation, Settings
 from matricula_backup.db.engine import DB_NAME, database_error, open_state_db_for_dry_run
 from matricula_backup.db.schema import BACKED_UP
 from matricula_backup.errors import ConfigError
@@ -50,11 +50,23 @@ class FolderStatus:
     # longer produces it: `forget` closes it) | unknown (config.json unreadable)
     state: str = "unknown"
     last_backup_at: int | None = None  # end of its last run without errors
+    # Fixity (scrub.py, drill.py, verify --deep): files read by a scrub within
+    # preservation.scrub_days of all backed-up files, files held, the last drill
+    # that restored objects of this folder and the last cloud check.
+    scrubbed_recently: int = 0
+    held: int = 0
+    last_drill_id: int | None = None
+    last_drill_at: int | None = None
+    last_drill_outcome: str | None = None  # running | passed | failed
+    last_drill_objects: int = 0  # of this folder
+    last_drill_failed: int = 0
+    last_deep_verify_at: int | None = None
 
 
 @dataclass
 class Status:
     database: str
+    scrub_days: int = Preservation().scrub_days
     folders: list[FolderStatus] = field(default_factory=list)
     last_run: RunInfo | None = None
     last_successful_run: RunInfo | None = None
@@ -64,6 +76,8 @@ class Status:
 def read_status(cache_dir: Path, settings: Settings | None = None) -> Status:
     """What state.db says; with ``settings``, also which folders are missing or gone."""
     status = Status(database=str(cache_dir / DB_NAME))
+    if settings is not None:
+        status.scrub_days = settings.preservation.scrub_days
     if not (cache_dir / DB_NAME).exists():
         return status
     engine = open_state_db_for_dry_run(cache_dir)
@@ -106,6 +120,7 @@ def read_status(cache_dir: Path, settings: Settings | None = None) -> Status:
                     entry.failed_deletes,
                     entry.last_upload_at,
                 ) = row
+                _fixity(conn, entry, settings)
             status.last_run = _run(conn, "")
             status.last_successful_run = _run(conn, "WHERE outcome = 'ok'")
             status.last_killed_run = _run(conn, "WHERE outcome = 'killed'")
@@ -116,6 +131,56 @@ def read_status(cache_dir: Path, settings: Settings | None = None) -> Status:
     finally:
         engine.dispose()
     return status
+
+
+def _fixity(conn: Connection, entry: FolderStatus, settings: Settings | None) -> None:
+    days = (settings.preservation if settings else Preservation()).scrub_days
+    since = int(time.time()) - days * 86400
+    entry.scrubbed_recently = conn.exec_driver_sql(
+        f"""SELECT count(*) FROM "{entry.table}" AS f JOIN scrub_checks AS c
+            ON c.folder = ? AND c.path = f.path
+        WHERE f.state = '{BACKED_UP}' AND c.checked_at >= f.uploaded_at AND c.checked_at >= ?""",
+        (entry.folder, since),
+    ).scalar_one()
+    entry.held = conn.exec_driver_sql(
+        "SELECT count(*) FROM fixity_holds WHERE folder = ?", (entry.folder,)
+    ).scalar_one()
+    drill = conn.exec_driver_sql(
+        """SELECT d.id, coalesce(d.finished_at, d.started_at), d.outcome, count(*),
+               count(*) FILTER (WHERE o.result = 'failed')
+        FROM drills AS d JOIN drill_objects AS o ON o.drill_id = d.id
+        WHERE o.folder = ? GROUP BY d.id ORDER BY d.id DESC LIMIT 1""",
+        (entry.folder,),
+    ).first()
+    if drill is not None:
+        (
+            entry.last_drill_id,
+            entry.last_drill_at,
+            entry.last_drill_outcome,
+            entry.last_drill_objects,
+            entry.last_drill_failed,
+        ) = drill
+    entry.last_deep_verify_at = conn.exec_driver_sql(
+        "SELECT max(at) FROM fixity_events WHERE folder = ? AND kind = 'cloud check'",
+        (entry.folder,),
+    ).scalar()
+
+
+def fixity_line(entry: FolderStatus, scrub_days: int) -> str:
+    share = 100 * entry.scrubbed_recently / entry.files_backed_up if entry.files_backed_up else 0
+    drill = "none"
+    if entry.last_drill_id is not None:
+        drill = (
+            f"#{entry.last_drill_id} {entry.last_drill_outcome} {_when(entry.last_drill_at)} "
+            f"({entry.last_drill_objects - entry.last_drill_failed} of "
+            f"{entry.last_drill_objects} objects of this folder identical)"
+        )
+    held = f"; {entry.held} files HELD (fixity failure: see scrub)" if entry.held else ""
+    return (
+        f"{entry.folder}: scrubbed within {scrub_days} days: {entry.scrubbed_recently} of "
+        f"{entry.files_backed_up} files ({share:.0f}%){held}; last drill {drill}; last "
+        f"verify --deep {_when(entry.last_deep_verify_at)}"
+    )
 
 
 def _folder_states(conn: Connection, settings: Settings | None) -> dict[str, str] | None:
@@ -207,6 +272,7 @@ def status_lines(status: Status) -> list[str]:
             f"({human_bytes(entry.pending_upload_bytes)}), {entry.failed_uploads} failed uploads, "
             f"{entry.failed_deletes} failed deletes; last upload {_when(entry.last_upload_at)}"
         )
+        lines.append(fixity_line(entry, status.scrub_days))
     for label, run in (
         ("last run", status.last_run),
         ("last successful run", status.last_successful_run),

@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from matricula_backup import s3, tamper
+from matricula_backup import fixity, s3, tamper
 from matricula_backup.config import ObjectLock, Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db
@@ -284,8 +284,10 @@ def _check_checksums(
             states = list(
                 pool.map(lambda row: _head(store, check.bucket, prefix + row[0], row[1]), rows)
             )
-            for (path, _version, recorded), state in zip(rows, states, strict=True):
+            events = []
+            for (path, version, recorded), state in zip(rows, states, strict=True):
                 check.checked_checksums += 1
+                events.append(_event(check.folder, path, version, recorded, state))
                 if isinstance(state, str):
                     found(Finding(check.folder, check.bucket, "checksum", state, path))
                 elif state.sha256 is None:
@@ -314,7 +316,25 @@ def _check_checksums(
                             path,
                         )
                     )
+            fixity.record_events(conn, events)
             conn.commit()
+
+
+def _event(
+    folder: str, path: str, version: str, recorded: str | None, state: s3.ObjectState | str
+) -> fixity.Event:
+    """The fixity log's line for one cloud check (the bucket's copy, by its metadata)."""
+    if isinstance(state, str):
+        return fixity.Event(folder, path, fixity.CLOUD, "bucket", "failed", version, state)
+    if state.sha256 is None:
+        detail, ok = "the object has no sha256 metadata", False
+    elif recorded is None:
+        detail, ok = f"sha256 {state.sha256} (recorded now: none was)", True
+    else:
+        ok = recorded == state.sha256
+        detail = f"sha256 {state.sha256}" + ("" if ok else f", recorded {recorded}")
+    result = "ok" if ok else "failed"
+    return fixity.Event(folder, path, fixity.CLOUD, "bucket", result, version, detail)
 
 
 def _head(store: s3.Store, bucket: str, key: str, version_id: str) -> s3.ObjectState | str:

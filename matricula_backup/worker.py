@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import Connection
 
-from matricula_backup import interrupt, queues, s3
+from matricula_backup import fixity, interrupt, queues, s3
 from matricula_backup.access import denied, read_hint
 from matricula_backup.config import ObjectLock
 from matricula_backup.db.records import FolderRecord
@@ -41,9 +41,10 @@ DELETE_BATCH = 1000
 class _Recorder:
     """Collects upload results and writes them in small transactions."""
 
-    def __init__(self, conn: Connection, table: str) -> None:
+    def __init__(self, conn: Connection, table: str, folder: str = "") -> None:
         self.conn = conn
         self.table = table
+        self.folder = folder  # for the fixity log
         self.done: list[Uploaded] = []
         self.failed: list[tuple[str, str]] = []
         self.last_commit = time.monotonic()
@@ -61,6 +62,7 @@ class _Recorder:
 
     def flush(self) -> None:
         queues.record_uploaded(self.conn, self.table, self.done)
+        fixity.record_uploads(self.conn, self.folder, self.done)
         queues.record_failed(self.conn, self.table, self.failed)
         self.conn.commit()
         self.done, self.failed = [], []
@@ -79,7 +81,7 @@ def upload_all(
 ) -> None:
     """Upload everything in ``upload_queue`` of this folder (locked if ``lock``)."""
     folder = record.folder
-    recorder = _Recorder(conn, record.table)
+    recorder = _Recorder(conn, record.table, str(folder.path))
     in_flight: dict[Future[Uploaded], UploadItem] = {}
     stopping = threading.Event()
 

@@ -251,3 +251,51 @@ def test_the_readme_says_when_the_timer_runs() -> None:
     timer = _unit(DOCS / "matricula-backup.timer")
     assert timer["OnCalendar"] == ["*-*-* 01:15"] and timer["RandomizedDelaySec"] == ["15min"]
     assert "between 01:15 and 01:30" in (REPO / "README.md").read_text()
+
+
+def test_the_drill_unit_and_cron_line_run_a_drill_as_their_user(setup: Setup) -> None:
+    backup = _unit(DOCS / "matricula-backup.service")
+    unit = _unit(DOCS / "matricula-backup-drill.service")
+    assert unit["User"] == backup["User"] and unit["Type"] == ["oneshot"]
+    assert " drill --cache " in unit["ExecStart"][0] and "--every 30" in unit["ExecStart"][0]
+    timer = _unit(DOCS / "matricula-backup-drill.timer")
+    assert timer["Persistent"] == ["true"] and timer["OnCalendar"] == ["*-*-* 10:00"]
+    line = next(
+        line
+        for line in (DOCS / "matricula-backup.cron").read_text().splitlines()
+        if line and not line.startswith("#") and " drill " in line
+    )
+    minute, hour, _dom, _month, _dow, user, command = line.split(None, 6)
+    assert (minute, hour, user) == ("0", "10", "matricula-backup")
+    setup.file("Band/a.tif", b"scan")
+    setup.write_config(backup__folders=[str(setup.images / "Band")])
+    environment = dict(item.split("=", 1) for item in unit["Environment"])
+    environment["PATH"] = "/usr/local/bin:/usr/bin:/bin"
+    assert _run_as_service(setup, backup["ExecStart"][0], environment).returncode == 0
+
+    requested = _run_as_service(setup, unit["ExecStart"][0], environment)
+    assert requested.returncode == 0, requested.stderr
+    assert "drill #1 (new): 1 objects, Bulk tier; cost" in requested.stdout
+    cron_environment = {"PATH": "/usr/bin:/bin", "SHELL": "/bin/sh", "LOGNAME": user}
+    finished = _run_as_service(setup, command, cron_environment)  # the next day
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout == "" and finished.stderr == ""  # nothing to mail: it passed
+    assert setup.db("SELECT outcome FROM drills") == [("passed",)]
+
+
+def test_the_drill_service_is_sandboxed_like_the_backup() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (.ci/run installs the systemd package)")
+    result = subprocess.run(
+        [analyze, "security", "--offline=true", str(DOCS / "matricula-backup-drill.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    found = re.search(
+        r"Overall exposure level for matricula-backup-drill\.service: (\d+\.\d+)", result.stdout
+    )
+    assert found, result.stdout
+    assert float(found[1]) <= MAX_EXPOSURE, result.stdout

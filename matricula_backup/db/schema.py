@@ -22,6 +22,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Table,
     Text,
@@ -162,9 +163,90 @@ def files_table_ddl(name: str, temporary: bool = False) -> list[str]:
     ]
 
 
+# --- fixity (fixity.py, scrub.py, drill.py) ---------------------------------------------------
+
+# Every check of a file's bytes: an auditor's "when was this file last proven
+# intact, on which copy?" is one query over this table (README, Proving the archive).
+fixity_events = Table(
+    "fixity_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", Integer, nullable=False),  # unix seconds
+    Column("folder", Text, nullable=False),  # the backup folder
+    Column("path", Text, nullable=False),  # relative to the folder
+    Column("kind", Text, nullable=False),  # upload | scrub | cloud check | drill
+    Column("copy", Text, nullable=False),  # local | bucket | both (upload: S3 checked our bytes)
+    Column("result", Text, nullable=False),  # ok | failed | accepted | restored
+    Column("version_id", Text),  # the bucket's version the check was about
+    Column("detail", Text),
+    Index("ix_fixity_events_file", "folder", "path", "at"),
+    Index("ix_fixity_events_kind", "folder", "kind", "at"),  # status: the last of each kind
+)
+
+# When scrub last read each file (the due share: never since its upload, or
+# longer ago than preservation.scrub_days).
+scrub_checks = Table(
+    "scrub_checks",
+    metadata,
+    Column("folder", Text, primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("checked_at", Integer, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# Files whose bytes no longer match the SHA-256 of their upload: no run uploads
+# them until the good copy is back or ``scrub --accept`` says the new bytes are right.
+# Kept apart from the files tables so that --reset and a lost run keep them.
+fixity_holds = Table(
+    "fixity_holds",
+    metadata,
+    Column("folder", Text, primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("good_sha256", LargeBinary, nullable=False),
+    Column("good_version_id", Text),
+    Column("size", Integer, nullable=False),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("verified_at", Integer),  # last time the bytes were proven good
+    Column("found_at", Integer, nullable=False),
+    Column("found_sha256", LargeBinary, nullable=False),
+)
+
+drills = Table(
+    "drills",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("started_at", Integer, nullable=False),
+    Column("finished_at", Integer),
+    Column("tier", Text, nullable=False),  # Bulk | Standard
+    Column("outcome", Text, nullable=False),  # running | passed | failed
+)
+
+drill_objects = Table(
+    "drill_objects",
+    metadata,
+    Column("drill_id", Integer, ForeignKey("drills.id", ondelete="CASCADE"), primary_key=True),
+    Column("folder", Text, primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("bucket", Text, nullable=False),
+    Column("version_id", Text, nullable=False),  # recorded in state.db when picked
+    Column("size", Integer, nullable=False),
+    Column("sha256", LargeBinary),
+    Column("mtime_ns", Integer, nullable=False),
+    Column("requested_at", Integer),
+    Column("checked_at", Integer),
+    Column("result", Text),  # ok | failed
+    Column("detail", Text),
+)
+
+
 __all__ = [
     "BACKED_UP",
     "FAILED",
+    "drill_objects",
+    "drills",
+    "fixity_events",
+    "fixity_holds",
+    "scrub_checks",
     "PENDING",
     "files_table_ddl",
     "is_files_table",
