@@ -1107,7 +1107,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         server.start()
-        proxy = CountingProxy(server.url, args.delay_ms).start()
+        proxy = CountingProxy(server.url, args.delay_ms, bandwidth_mib=args.bandwidth_mib).start()
         print(
             f"{server.version} at {server.url}, proxy {proxy.url} (delay {args.delay_ms} ms)",
             flush=True,
@@ -1433,6 +1433,14 @@ def render(result: dict[str, Any]) -> str:
                 f"--server {args['server']}",
                 f"--delay-ms {args['delay_ms']:g}",
             ]
+            + ([f"--large-mib {args['large_mib']}"] if args.get("large_mib", 30) != 30 else [])
+            + ([f"--bandwidth-mib {args['bandwidth_mib']:g}"] if args.get("bandwidth_mib") else [])
+            + ([f"--workers {args['workers']}"] if args.get("workers", 16) != 16 else [])
+            + (
+                [f"--peers {','.join(args['peers'])}"]
+                if args.get("peers") and args["peers"] != ["rclone", "aws", "s5cmd"]
+                else []
+            )
             + ([f"--tree-dir {args['tree_dir']}"] if args.get("tree_dir") else [])
             + (["--peers ''"] if not args.get("peers") else [])
             + ([f"--repeat {args['repeat']}"] if args.get("repeat", 3) != 3 else [])
@@ -1457,7 +1465,13 @@ def render(result: dict[str, Any]) -> str:
         "; warm page cache). "
         f"Server: {result.get('machine', {}).get('S3 server', args['server'])}, peak RSS "
         f"{result.get('server_peak_rss_mib', 0):,.0f} MiB; proxy delay "
-        f"{args['delay_ms']:g} ms per request; concurrency {args['workers']} for every tool "
+        f"{args['delay_ms']:g} ms per request"
+        + (
+            f", {args['bandwidth_mib']:g} MiB/s per connection and direction"
+            if args.get("bandwidth_mib")
+            else ""
+        )
+        + f"; concurrency {args['workers']} for every tool "
         f"(matricula-backup `backup.workers`, rclone `--transfers/--checkers`, aws "
         f"`max_concurrent_requests`, s5cmd `--numworkers`). Wall, CPU (user+sys) and peak RSS "
         f"are those of the measured process alone (os.wait4; started from a "
@@ -1597,6 +1611,12 @@ def main() -> None:
     parser.add_argument("--server", choices=["moto", "seaweedfs"], default="seaweedfs")
     parser.add_argument(
         "--delay-ms", type=float, default=0.0, help="latency the proxy adds to every S3 request"
+    )
+    parser.add_argument(
+        "--bandwidth-mib",
+        type=float,
+        default=0.0,
+        help="the proxy's cap per connection and direction, MiB/s (0: none)",
     )
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="markdown report")
     parser.add_argument("--append", action="store_true", help="append to --out, do not replace")
