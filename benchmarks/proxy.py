@@ -164,7 +164,14 @@ class CountingProxy(ThreadingHTTPServer):
 
 
 class _Pace:
-    """One direction of one connection: at most ``rate`` bytes/s, no saved-up credit."""
+    """One direction of one connection: at most ``rate`` bytes/s.
+
+    Credit saved up while idle is capped at ``SLACK`` seconds' worth: enough
+    that a thread woken late (the proxy's threads share one GIL) catches up,
+    too little to make a burst.
+    """
+
+    SLACK = 0.1
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
@@ -172,7 +179,7 @@ class _Pace:
 
     def __call__(self, size: int) -> None:
         now = time.monotonic()
-        self.free_at = max(self.free_at, now) + size / self.rate
+        self.free_at = max(self.free_at, now - self.SLACK) + size / self.rate
         if self.free_at > now:
             time.sleep(self.free_at - now)
 
