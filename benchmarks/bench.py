@@ -1318,6 +1318,8 @@ def run_peers_and_changes(
                 )
 
     peer_round("first upload")
+    if args.first_upload_only:  # the large-file mix: the first upload is the comparison
+        return
     peer_round("no change")
 
     rnd = random.Random(args.seed)
@@ -1328,7 +1330,9 @@ def run_peers_and_changes(
     ours.files = files - deleted
     ours.state_db = db_size(cache)
     measures.append(ours)
-    expected = changed + math.ceil(deleted / 1000) + 2
+    # The bucket checks of a run with work: GET versioning, GET lifecycle, and since
+    # issue 10 (Object Lock, tamper checks) GET policy.
+    expected = changed + math.ceil(deleted / 1000) + 3
     listing = {
         op: n
         for op, n in ours.requests.items()
@@ -1338,7 +1342,7 @@ def run_peers_and_changes(
     checks.append(
         {
             "check": f"incremental run ({changed} modified, {deleted} deleted): requests = "
-            f"modified + ceil(deleted/1000) DeleteObjects + 2 bucket checks = {expected}; no LIST, "
+            f"modified + ceil(deleted/1000) DeleteObjects + 3 bucket checks = {expected}; no LIST, "
             "no HEAD",
             "ok": ours.ok
             and ours.total_requests == expected
@@ -1444,6 +1448,7 @@ def render(result: dict[str, Any]) -> str:
             + ([f"--tree-dir {args['tree_dir']}"] if args.get("tree_dir") else [])
             + (["--peers ''"] if not args.get("peers") else [])
             + ([f"--repeat {args['repeat']}"] if args.get("repeat", 3) != 3 else [])
+            + (["--first-upload-only"] if args.get("first_upload_only") else [])
             + (["--profile"] if args.get("profile") else [])
             + (["--delete-tree"] if args.get("delete_tree") else [])
         )
@@ -1671,6 +1676,11 @@ def main() -> None:
         "--scan-only",
         action="store_true",
         help="only the scan-type runs (walks, dry run, primed no-change run)",
+    )
+    parser.add_argument(
+        "--first-upload-only",
+        action="store_true",
+        help="peers: the first upload only (no no-change and incremental runs)",
     )
     parser.add_argument("--change-percent", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)

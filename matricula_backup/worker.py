@@ -148,7 +148,7 @@ def upload_all(
     # point where every submitted upload is in ``in_flight`` and gets recorded.
     with interrupt.deferred(), ThreadPoolExecutor(workers, "upload") as pool:
         try:
-            for batch in queues.upload_batches(conn):
+            for batch in queues.upload_batches(conn, large_from=store.multipart_threshold):
                 for item in batch:
                     settle_finished(block_until_below=2 * workers)
                     interrupt.check()

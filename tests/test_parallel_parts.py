@@ -158,6 +158,12 @@ def test_parts_go_in_parallel_and_all_requests_stay_within_the_workers(
     assert slow.requests["PUT object"] == 30 + 8  # single PUTs and parts, each once
     assert slow.most["PUT part"] >= 2, slow.most  # the parts of one file overlapped
     assert slow.most["all"] <= 4, slow.most  # never more than backup.workers at once
+    # The large file went first (its parts overlap the small files, not trail them).
+    uploads = [
+        line for line in slow.log if line.startswith(("PUT /", "POST /")) and "/Band/" in line
+    ]
+    started = next(n for n, line in enumerate(uploads) if line.endswith("?uploads"))
+    assert started < 4, uploads[:10]  # behind at most the small files of the other workers
     _assert_whole(setup, s3, folder, big, 8)
 
 
