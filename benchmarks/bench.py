@@ -1107,7 +1107,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         server.start()
-        proxy = CountingProxy(server.url, args.delay_ms).start()
+        proxy = CountingProxy(server.url, args.delay_ms, bandwidth_mib=args.bandwidth_mib).start()
         print(
             f"{server.version} at {server.url}, proxy {proxy.url} (delay {args.delay_ms} ms)",
             flush=True,
@@ -1318,6 +1318,8 @@ def run_peers_and_changes(
                 )
 
     peer_round("first upload")
+    if args.first_upload_only:  # the large-file mix: the first upload is the comparison
+        return
     peer_round("no change")
 
     rnd = random.Random(args.seed)
@@ -1328,7 +1330,9 @@ def run_peers_and_changes(
     ours.files = files - deleted
     ours.state_db = db_size(cache)
     measures.append(ours)
-    expected = changed + math.ceil(deleted / 1000) + 2
+    # The bucket checks of a run with work: GET versioning, GET lifecycle, and since
+    # issue 10 (Object Lock, tamper checks) GET policy.
+    expected = changed + math.ceil(deleted / 1000) + 3
     listing = {
         op: n
         for op, n in ours.requests.items()
@@ -1338,7 +1342,7 @@ def run_peers_and_changes(
     checks.append(
         {
             "check": f"incremental run ({changed} modified, {deleted} deleted): requests = "
-            f"modified + ceil(deleted/1000) DeleteObjects + 2 bucket checks = {expected}; no LIST, "
+            f"modified + ceil(deleted/1000) DeleteObjects + 3 bucket checks = {expected}; no LIST, "
             "no HEAD",
             "ok": ours.ok
             and ours.total_requests == expected
@@ -1433,9 +1437,18 @@ def render(result: dict[str, Any]) -> str:
                 f"--server {args['server']}",
                 f"--delay-ms {args['delay_ms']:g}",
             ]
+            + ([f"--large-mib {args['large_mib']}"] if args.get("large_mib", 30) != 30 else [])
+            + ([f"--bandwidth-mib {args['bandwidth_mib']:g}"] if args.get("bandwidth_mib") else [])
+            + ([f"--workers {args['workers']}"] if args.get("workers", 16) != 16 else [])
+            + (
+                [f"--peers {','.join(args['peers'])}"]
+                if args.get("peers") and args["peers"] != ["rclone", "aws", "s5cmd"]
+                else []
+            )
             + ([f"--tree-dir {args['tree_dir']}"] if args.get("tree_dir") else [])
             + (["--peers ''"] if not args.get("peers") else [])
             + ([f"--repeat {args['repeat']}"] if args.get("repeat", 3) != 3 else [])
+            + (["--first-upload-only"] if args.get("first_upload_only") else [])
             + (["--profile"] if args.get("profile") else [])
             + (["--delete-tree"] if args.get("delete_tree") else [])
         )
@@ -1457,7 +1470,13 @@ def render(result: dict[str, Any]) -> str:
         "; warm page cache). "
         f"Server: {result.get('machine', {}).get('S3 server', args['server'])}, peak RSS "
         f"{result.get('server_peak_rss_mib', 0):,.0f} MiB; proxy delay "
-        f"{args['delay_ms']:g} ms per request; concurrency {args['workers']} for every tool "
+        f"{args['delay_ms']:g} ms per request"
+        + (
+            f", {args['bandwidth_mib']:g} MiB/s per connection and direction"
+            if args.get("bandwidth_mib")
+            else ""
+        )
+        + f"; concurrency {args['workers']} for every tool "
         f"(matricula-backup `backup.workers`, rclone `--transfers/--checkers`, aws "
         f"`max_concurrent_requests`, s5cmd `--numworkers`). Wall, CPU (user+sys) and peak RSS "
         f"are those of the measured process alone (os.wait4; started from a "
@@ -1598,6 +1617,12 @@ def main() -> None:
     parser.add_argument(
         "--delay-ms", type=float, default=0.0, help="latency the proxy adds to every S3 request"
     )
+    parser.add_argument(
+        "--bandwidth-mib",
+        type=float,
+        default=0.0,
+        help="the proxy's cap per connection and direction, MiB/s (0: none)",
+    )
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"), help="markdown report")
     parser.add_argument("--append", action="store_true", help="append to --out, do not replace")
     parser.add_argument("--json", default="", help="also write the raw results here")
@@ -1651,6 +1676,11 @@ def main() -> None:
         "--scan-only",
         action="store_true",
         help="only the scan-type runs (walks, dry run, primed no-change run)",
+    )
+    parser.add_argument(
+        "--first-upload-only",
+        action="store_true",
+        help="peers: the first upload only (no no-change and incremental runs)",
     )
     parser.add_argument("--change-percent", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)

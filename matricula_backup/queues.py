@@ -233,19 +233,29 @@ def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObj
     return int(adopted)
 
 
-def upload_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[UploadItem]]:
-    """Stream ``upload_queue`` in path order, a batch at a time."""
-    for rows in _pages(
-        conn,
-        "rowid, path, size, mtime_ns, reason, in_bucket_sha256, is_changed, check_bucket",
-        "temp.upload_queue",
-        "",
-        batch_size,
-    ):
-        yield [
-            UploadItem(row[1], row[2], row[3], row[4], row[5], bool(row[6]), bool(row[7]))
-            for row in rows
-        ]
+def upload_batches(
+    conn: Connection, batch_size: int = 1000, large_from: int = 0
+) -> Iterator[list[UploadItem]]:
+    """Stream ``upload_queue`` in path order, a batch at a time.
+
+    ``large_from``: the files of at least this many bytes first (multipart
+    uploads), so that their parts go out alongside the small files instead of
+    trailing them at the end of the run.
+    """
+    large = int(large_from)
+    conditions = [f"size >= {large} AND", f"size < {large} AND"] if large > 0 else [""]
+    for condition in conditions:
+        for rows in _pages(
+            conn,
+            "rowid, path, size, mtime_ns, reason, in_bucket_sha256, is_changed, check_bucket",
+            "temp.upload_queue",
+            condition,
+            batch_size,
+        ):
+            yield [
+                UploadItem(row[1], row[2], row[3], row[4], row[5], bool(row[6]), bool(row[7]))
+                for row in rows
+            ]
 
 
 def delete_batches(conn: Connection, batch_size: int = 1000) -> Iterator[list[str]]:

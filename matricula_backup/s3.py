@@ -29,6 +29,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from matricula_backup import tamper
 from matricula_backup.config import ObjectLock, Settings
 from matricula_backup.errors import FolderError
+from matricula_backup.parts import PartsStopped, RequestSlots, send_parts
 from matricula_backup.queues import ListedObject, Uploaded
 from matricula_backup.throttle import Throttle, ThrottledBody
 
@@ -115,6 +116,8 @@ class Store:
     throttle: Throttle | None = None
     fast_put: FastPut | None = None  # single PUTs through the CRT (crt.py)
     sts: Any = None  # for the account id of the keys (bucket policy checks)
+    # backup.workers upload requests at a time, small files and parts together (parts.py)
+    slots: RequestSlots = field(default_factory=lambda: RequestSlots(8))
 
     def body(self, data: bytes) -> Any:
         """What to send: the bytes, read at the allowed pace if there is a limit."""
@@ -173,6 +176,7 @@ def connect(settings: Settings) -> Store:
         fast_put,
         # An S3-compatible server may answer STS at its endpoint (moto does) or not.
         session.client("sts", endpoint_url=endpoint or None, config=config),
+        RequestSlots(settings.workers),
     )
 
 
@@ -557,7 +561,8 @@ def upload(
     that was only touched costs no PUT and no second Deep Archive copy.
 
     A single PUT always completes; a multipart upload calls ``stopping()`` before
-    each part and is aborted when the run stops, so stopping takes one part at most.
+    each part and starts no further part when the run stops: the parts in flight
+    finish, then the upload is aborted, so stopping takes one part's time at most.
     """
     # O_NONBLOCK: a file replaced by a FIFO since the scan must not block the
     # open (it fails the S_ISREG check below instead); no effect on regular files.
@@ -664,7 +669,8 @@ def upload_unless_in_bucket(
     differs (``upload``'s ``in_bucket_sha256``).
     """
     try:
-        response = store.client.head_object(Bucket=bucket, Key=key)
+        with store.slots.held():
+            response = store.client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if status not in (403, 404):  # 404: gone, or a delete marker is the latest
@@ -700,6 +706,19 @@ def _put(
     retention: Retention | None = None,
 ) -> dict[str, Any]:
     """One PutObject; the answer as botocore gives it (VersionId, ChecksumSHA256)."""
+    with store.slots.held():
+        return _put_now(store, bucket, key, data, metadata, digest, retention)
+
+
+def _put_now(
+    store: Store,
+    bucket: str,
+    key: str,
+    data: bytes,
+    metadata: dict[str, str],
+    digest: bytes,
+    retention: Retention | None,
+) -> dict[str, Any]:
     if store.fast_put is None or len(data) > FAST_PUT_MAX:
         response: dict[str, Any] = store.client.put_object(
             Bucket=bucket,
@@ -769,57 +788,63 @@ def _multipart(
 ) -> dict[str, Any]:
     """Send the file in parts, each with its CRC64NVME from the first pass.
 
-    A part is read from the file while it is sent (memory: a few KiB per
-    upload, not a part). If the file changed since it was hashed, S3 finds
+    The parts go in parallel, each holding one of the run's request slots
+    (parts.py), so a large file uses the workers the small files leave free. A
+    part is read from the file while it is sent (memory: a few KiB per part in
+    flight, not a part). If the file changed since it was hashed, S3 finds
     that part's checksum wrong and refuses it, and the ctime check catches
     it before the upload is completed: the object never differs from the
-    SHA-256 recorded for it.
+    SHA-256 recorded for it. On any failure, or when the run stops, the
+    upload is aborted once the parts in flight are done (no upload id is kept
+    for a later run; after a kill -9 the bucket's lifecycle rule removes the
+    parts).
     """
     client = store.client
-    upload_id = client.create_multipart_upload(
-        Bucket=bucket,
-        Key=key,
-        StorageClass=STORAGE_CLASS,
-        Metadata=_metadata(before, digest),
-        ChecksumAlgorithm="CRC64NVME",  # a full-object checksum, S3's only type for it
-        **(retention.arguments() if retention else {}),
-    )["UploadId"]
-    try:
-        parts = []
-        for number, part_crc in enumerate(part_crcs, start=1):
-            if stopping():
-                raise Stopped(f"{key}: multipart upload aborted, the run is stopping")
-            start = (number - 1) * part_size
-            length = min(part_size, before.st_size - start)
-            try:
-                response = client.upload_part(
-                    Bucket=bucket,
-                    Key=key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=FileRange(fd, start, length, store.throttle),
-                    ContentLength=length,
-                    ChecksumAlgorithm="CRC64NVME",
-                    ChecksumCRC64NVME=_b64(part_crc),
-                )
-            except ClientError:
-                _check_unchanged(path, before, before.st_size)  # BadDigest: it changed
-                raise
-            _check_echo(response, part_crc, f"{key} part {number}", "CRC64NVME")
-            parts.append(
-                {
-                    "PartNumber": number,
-                    "ETag": response["ETag"],
-                    "ChecksumCRC64NVME": _b64(part_crc),
-                }
+    with store.slots.held():
+        upload_id = client.create_multipart_upload(
+            Bucket=bucket,
+            Key=key,
+            StorageClass=STORAGE_CLASS,
+            Metadata=_metadata(before, digest),
+            ChecksumAlgorithm="CRC64NVME",  # a full-object checksum, S3's only type for it
+            **(retention.arguments() if retention else {}),
+        )["UploadId"]
+
+    def send(number: int) -> dict[str, Any]:
+        part_crc = part_crcs[number - 1]
+        start = (number - 1) * part_size
+        length = min(part_size, before.st_size - start)
+        try:
+            response = client.upload_part(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=FileRange(fd, start, length, store.throttle),
+                ContentLength=length,
+                ChecksumAlgorithm="CRC64NVME",
+                ChecksumCRC64NVME=_b64(part_crc),
             )
+        except ClientError:
+            _check_unchanged(path, before, before.st_size)  # BadDigest: it changed
+            raise
+        _check_echo(response, part_crc, f"{key} part {number}", "CRC64NVME")
+        return {"PartNumber": number, "ETag": response["ETag"], "ChecksumCRC64NVME": _b64(part_crc)}
+
+    try:
+        try:
+            parts = send_parts(store.slots, len(part_crcs), send, stopping)
+        except PartsStopped:
+            raise Stopped(f"{key}: multipart upload aborted, the run is stopping") from None
         _check_unchanged(path, before, before.st_size)
-        result: dict[str, Any] = client.complete_multipart_upload(
-            Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-        )
+        with store.slots.held():
+            result: dict[str, Any] = client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
     except BaseException:
         try:
-            client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            with store.slots.held():
+                client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
         except (ClientError, BotoCoreError) as exc:
             logger.warning(
                 "could not abort the multipart upload of %s (the bucket's lifecycle "
@@ -833,7 +858,8 @@ def _multipart(
         # Some S3 servers (moto, and S3-compatible ones) keep no retention given at
         # CreateMultipartUpload: set it again on the version. One more request
         # per large file; the same date again is no change on AWS.
-        extend_retention(store, bucket, key, result["VersionId"], retention)
+        with store.slots.held():
+            extend_retention(store, bucket, key, result["VersionId"], retention)
     return result
 
 

@@ -2,7 +2,8 @@
 
 Uploads run in a bounded pool of threads sharing the run's S3 clients (one
 boto3 client, and the CRT client for small files: s3.py, crt.py); at most
-``2 x workers`` files are in flight, so memory does not grow with the queue.
+``2 x workers`` files are in flight, so memory does not grow with the queue,
+and at most ``workers`` requests, the parts of large files included (parts.py).
 Only this (main) thread touches the database: results are written in small
 transactions, so a crash loses at most the uploads in flight; Ctrl-C and
 SIGTERM are acted on between files (interrupt.py), never between an upload S3
@@ -149,7 +150,7 @@ def upload_all(
     # point where every submitted upload is in ``in_flight`` and gets recorded.
     with interrupt.deferred(), ThreadPoolExecutor(workers, "upload") as pool:
         try:
-            for batch in queues.upload_batches(conn):
+            for batch in queues.upload_batches(conn, large_from=store.multipart_threshold):
                 for item in batch:
                     settle_finished(block_until_below=2 * workers)
                     interrupt.check()
