@@ -1328,6 +1328,7 @@ def unreadable_case(
     if python is None:
         notes.append("unreadable-files case skipped: no Python that the user nobody can run")
         return []
+    cache.parent.chmod(0o711)  # mkdtemp's 700: nobody must reach the cache below it
     shutil.chown(cache, "nobody")
     for item in cache.iterdir():
         shutil.chown(item, "nobody")
