@@ -17,6 +17,7 @@ and no threads in this module: only SQL.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -148,9 +149,10 @@ def build_queues(
     )
     if compare is None:  # all at once (a first scan: most rows are new), sorted on the way
         select = Compare(conn, table).select()
-        conn.exec_driver_sql(
-            f"CREATE TEMP TABLE upload_queue AS {select} ORDER BY s.path", (0, scanned)
-        )
+        with _sort_cache(conn):
+            conn.exec_driver_sql(
+                f"CREATE TEMP TABLE upload_queue AS {select} ORDER BY s.path", (0, scanned)
+            )
     else:
         compare(scanned)
         conn.exec_driver_sql(
@@ -218,20 +220,26 @@ def _build_delete_queue(conn: Connection, table: str, bucket_exists: bool, new: 
     )
 
 
+@contextlib.contextmanager
+def _sort_cache(conn: Connection) -> Iterator[None]:
+    """A small page cache while SQLite sorts a million rows: its sorter may take the
+    whole cache (64 MiB) on top of it; this keeps a run's memory where it was."""
+    cache_size = int(conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
+    conn.exec_driver_sql("PRAGMA cache_size=-8192")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size={cache_size}")
+
+
 def index_scan(conn: Connection) -> None:
     """Indexes for the queries that look paths up in the scan's tables.
 
     ``temp.scan`` is written without a key (the cheapest insert): the no-change
     path never needs one, as it looks scan rows up in the files table's key.
     """
-    # Sorting a million paths may take SQLite's whole page cache (64 MiB) on top of
-    # it: a smaller cache for the sort keeps the run's memory where it was.
-    cache_size = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
-    conn.exec_driver_sql("PRAGMA cache_size=-8192")
-    try:
+    with _sort_cache(conn):
         conn.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS temp.ix_scan_path ON scan (path)")
-    finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size={int(cache_size)}")
     conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS temp.ix_unscanned_path ON unscanned (path)")
 
 
