@@ -292,10 +292,16 @@ class Runner:
         return measure
 
     def repeat(
-        self, times: int, name: str, tool: str, argv: list[str], env: dict[str, str] | None = None
+        self,
+        times: int,
+        name: str,
+        tool: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        ok_codes: tuple[int, ...] = (0,),
     ) -> Measure:
         """The median run (by wall time) of ``times`` runs; all wall times kept."""
-        runs = [self.run(name, tool, argv, env) for _ in range(max(1, times))]
+        runs = [self.run(name, tool, argv, env, ok_codes) for _ in range(max(1, times))]
         ordered = sorted(runs, key=lambda m: m.wall)
         median = ordered[(len(ordered) - 1) // 2]
         median.repeats = [m.wall for m in runs]
@@ -1213,6 +1219,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             }
         )
 
+        if scan_only and args.unreadable_files:
+            measures.extend(unreadable_case(args, spec, tree, cache, runner, env, checks, notes))
+
         if not scan_only:
             run_peers_and_changes(
                 args,
@@ -1280,6 +1289,82 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             shutil.rmtree(tree_dir, ignore_errors=True)
             print(f"deleted the tree {tree_dir}", flush=True)
     return result
+
+
+def nobody_python() -> list[str] | None:
+    """A command that runs this Python as the user nobody (who cannot read what root
+    keeps to itself), with this checkout and the venv's packages; None if there is none."""
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    path = ":".join([str(REPO), *site])
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        argv = ["runuser", "-u", "nobody", "--", "env", f"PYTHONPATH={path}", python]
+        probe = subprocess.run(
+            [*argv, "-c", "import sqlalchemy, matricula_backup.cli"], capture_output=True
+        )
+        if probe.returncode == 0:
+            return argv
+    return None
+
+
+def unreadable_case(
+    args: argparse.Namespace,
+    spec: TreeSpec,
+    tree: Path,
+    cache: Path,
+    runner: Runner,
+    env: dict[str, str],
+    checks: list[dict[str, Any]],
+    notes: list[str],
+) -> list[Measure]:
+    """Issue 12: the no-change run with ``--unreadable-files`` files whose status cannot
+    be read, against the same tree with none, both as the user nobody.
+
+    The files' directories get mode 744: nobody can list them but not lstat what is
+    in them, so each file is an exact entry of ``unscanned`` and its row, missing from
+    the scan, is checked against them (a key lookup each, not a scan of them).
+    """
+    python = nobody_python()
+    if python is None:
+        notes.append("unreadable-files case skipped: no Python that the user nobody can run")
+        return []
+    cache.parent.chmod(0o711)  # mkdtemp's 700: nobody must reach the cache below it
+    shutil.chown(cache, "nobody")
+    for item in cache.iterdir():
+        shutil.chown(item, "nobody")
+    argv = [*python, "-m", "matricula_backup", "--cache", str(cache)]
+    dirs = sorted(
+        {tree / spec.small_path(i).rsplit("/", 1)[0] for i in range(args.unreadable_files)}
+    )
+    plain = runner.repeat(args.repeat, "no change (as nobody)", "matricula-backup", argv, env)
+    plain.files = spec.files + spec.large
+    try:
+        for directory in dirs:
+            directory.chmod(0o744)
+        locked = runner.repeat(
+            args.repeat,
+            f"no change, {args.unreadable_files} unreadable files (as nobody)",
+            "matricula-backup",
+            argv,
+            env,
+            ok_codes=(1,),  # the unreadable files are reported: done with errors
+        )
+    finally:
+        for directory in dirs:
+            directory.chmod(0o755)
+    locked.files = plain.files
+    ratio = locked.wall / plain.wall if plain.wall else math.inf
+    reported = locked.stderr.count("cannot read file status")
+    checks.append(
+        {
+            "check": f"{args.unreadable_files} unreadable files: no-change run <= 1.2x none",
+            "ok": locked.ok and plain.ok and ratio <= 1.2 and locked.total_requests == 0,
+            "detail": f"{locked.wall:.2f} s vs {plain.wall:.2f} s = {ratio:.2f}x, "
+            f"{locked.total_requests} requests, rc {locked.rc}, {len(dirs)} directories "
+            f"of mode 744 ({reported} of the reported problems shown on stderr)",
+        }
+    )
+    return [plain, locked]
 
 
 def run_peers_and_changes(
@@ -1681,6 +1766,13 @@ def main() -> None:
         "--first-upload-only",
         action="store_true",
         help="peers: the first upload only (no no-change and incremental runs)",
+    )
+    parser.add_argument(
+        "--unreadable-files",
+        type=int,
+        default=0,
+        help="with --scan-only: also the no-change run with this many files nobody can "
+        "stat, against none, both as the user nobody (issue 12)",
     )
     parser.add_argument("--change-percent", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=1)

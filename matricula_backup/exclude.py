@@ -26,6 +26,11 @@ class Excludes:
         paths = [p.lstrip("/") for p in patterns if "/" in p]
         self._names = re.compile("|".join(fnmatch.translate(p) for p in names)) if names else None
         self._paths = re.compile("|".join(fnmatch.translate(p) for p in paths)) if paths else None
+        # The same as regular expressions (None: no such patterns), for the walk's process.
+        self.name_regex = self._names.pattern if self._names is not None else None
+        self.path_regex = self._paths.pattern if self._paths is not None else None
+        self.name_match = self._names.match if self._names is not None else None
+        self.path_match = self._paths.match if self._paths is not None else None
 
     def __bool__(self) -> bool:
         return bool(self.patterns)

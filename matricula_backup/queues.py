@@ -17,6 +17,7 @@ and no threads in this module: only SQL.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -80,17 +81,24 @@ class ListedObject:
     version_id: str | None
 
 
-def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSizes:
-    """Compute ``upload_queue`` and ``delete_queue`` from the scan and the files table.
+class Compare:
+    """The scan's rows compared with the files table, batch by batch, while the walk
+    goes on: new, changed and unconfirmed files collect in ``temp.upload_found``.
 
-    ``bucket_exists``: the folder's bucket was set up, so an upload may have
-    reached it without being confirmed; such files get deleted too when they vanish.
+    Call it with ``n`` when ``temp.scan`` holds rowids 1 to ``n`` (``scan_folder``'s
+    ``on_rows``); ``build_queues`` compares what is left. Only valid while the files
+    table does not change (not across ``adopt_listing``).
     """
-    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.upload_queue")
-    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.delete_queue")
-    conn.exec_driver_sql(
-        f"""CREATE TEMP TABLE upload_queue AS
-        SELECT s.path, s.size, s.mtime_ns, f.path IS NULL AS is_new,
+
+    def __init__(self, conn: Connection, table: str) -> None:
+        self.conn = conn
+        self.table = table
+        self.done = -1  # the table is made at the first call (after the scan's tables)
+
+    def select(self) -> str:
+        table = self.table
+        return f"""
+            SELECT s.path, s.size, s.mtime_ns, f.path IS NULL AS is_new,
                CASE WHEN f.path IS NULL THEN 'new'
                     WHEN f.size != s.size THEN 'changed size'
                     WHEN f.mtime_ns != s.mtime_ns THEN 'changed mtime'
@@ -108,27 +116,51 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
                coalesce(f.sha256 IS NULL AND f.uploaded_at IS NOT NULL AND f.size = s.size, 0)
                    AS check_bucket
         FROM temp.scan AS s LEFT JOIN "{table}" AS f ON f.path = s.path
-        WHERE (f.path IS NULL OR f.state != '{BACKED_UP}'
+        WHERE s.rowid > ? AND s.rowid <= ? AND (f.path IS NULL OR f.state != '{BACKED_UP}'
            OR f.size != s.size OR f.mtime_ns != s.mtime_ns)
           -- A file held by scrub (its bytes failed fixity) is not uploaded over the good copy.
           AND NOT EXISTS (SELECT 1 FROM fixity_holds AS h WHERE h.path = s.path AND h.folder =
-                          (SELECT path FROM folders WHERE table_name = '{table}'))
-        ORDER BY s.path"""
+                          (SELECT path FROM folders WHERE table_name = '{table}'))"""
+
+    def __call__(self, upto: int) -> None:
+        if self.done < 0:
+            self.conn.exec_driver_sql("DROP TABLE IF EXISTS temp.upload_found")
+            self.conn.exec_driver_sql(
+                f"CREATE TEMP TABLE upload_found AS {self.select()} LIMIT 0", (0, 0)
+            )
+            self.done = 0
+        if upto > self.done:
+            self.conn.exec_driver_sql(
+                f"INSERT INTO temp.upload_found {self.select()}", (self.done, upto)
+            )
+            self.done = upto
+
+
+def build_queues(
+    conn: Connection, table: str, bucket_exists: bool, compare: Compare | None = None
+) -> QueueSizes:
+    """Compute ``upload_queue`` and ``delete_queue`` from the scan and the files table.
+
+    ``bucket_exists``: the folder's bucket was set up, so an upload may have
+    reached it without being confirmed; such files get deleted too when they vanish.
+    ``compare``: what was compared during the scan (see ``Compare``).
+    """
+    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.upload_queue")
+    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.delete_queue")
+    scanned = int(
+        conn.exec_driver_sql("SELECT coalesce(max(rowid), 0) FROM temp.scan").scalar_one()
     )
-    conn.exec_driver_sql(
-        f"""CREATE TEMP TABLE delete_queue AS
-        SELECT f.path, f.size,
-               f.uploaded_at IS NOT NULL OR (f.state != '{BACKED_UP}' AND {int(bucket_exists)})
-                   AS in_bucket
-        FROM "{table}" AS f
-        WHERE NOT EXISTS (SELECT 1 FROM temp.scan AS s WHERE s.path = f.path)
-          AND NOT EXISTS (
-              SELECT 1 FROM temp.unscanned AS u
-              WHERE f.path = u.path
-                 OR (substr(f.path, 1, length(u.path)) = u.path
-                     AND (u.path = '' OR substr(u.path, -1) = '/')))
-        ORDER BY f.path"""
-    )
+    if compare is None:  # all at once (a first scan: most rows are new), sorted on the way
+        select = Compare(conn, table).select()
+        with _sort_cache(conn):
+            conn.exec_driver_sql(
+                f"CREATE TEMP TABLE upload_queue AS {select} ORDER BY s.path", (0, scanned)
+            )
+    else:
+        compare(scanned)
+        conn.exec_driver_sql(
+            "CREATE TEMP TABLE upload_queue AS SELECT * FROM temp.upload_found ORDER BY path"
+        )
     up = conn.exec_driver_sql(
         "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(is_new), 0), "
         "coalesce(sum(is_changed), 0), "
@@ -136,6 +168,7 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
         "coalesce(sum(size * (reason = 'changed mtime' AND in_bucket_sha256 IS NOT NULL)), 0) "
         "FROM temp.upload_queue"
     ).one()
+    _build_delete_queue(conn, table, bucket_exists, int(up[2]))
     down = conn.exec_driver_sql(
         "SELECT coalesce(sum(in_bucket), 0), coalesce(sum(size * in_bucket), 0), "
         "coalesce(sum(1 - in_bucket), 0) FROM temp.delete_queue"
@@ -151,6 +184,91 @@ def build_queues(conn: Connection, table: str, bucket_exists: bool) -> QueueSize
         checks=up[4],
         check_bytes=up[5],
     )
+
+
+def _build_delete_queue(conn: Connection, table: str, bucket_exists: bool, new: int) -> None:
+    """``delete_queue``: rows whose file the scan did not see, except below what it
+    could not read.
+
+    Scan paths are unique, so the rows seen by the scan are its rows minus the
+    new ones: when that is every row, nothing vanished and the queue is empty
+    without a lookup per row (the no-change path). Otherwise each unseen row is
+    checked against ``unscanned`` in two ways, both linear: exact paths (files
+    whose status could not be read) by a key lookup, and directories by one
+    range seek on ``unscanned_dirs`` (see ``_unscanned_dirs``).
+    """
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE delete_queue (path TEXT NOT NULL, size INTEGER NOT NULL, "
+        "in_bucket INTEGER NOT NULL)"
+    )
+    scanned = conn.exec_driver_sql("SELECT count(*) FROM temp.scan").scalar_one()
+    rows = conn.exec_driver_sql(f'SELECT count(*) FROM "{table}"').scalar_one()
+    if rows <= scanned - new:
+        return
+    index_scan(conn)
+    _unscanned_dirs(conn)
+    conn.exec_driver_sql(
+        f"""INSERT INTO temp.delete_queue (path, size, in_bucket)
+        SELECT f.path, f.size,
+               f.uploaded_at IS NOT NULL OR (f.state != '{BACKED_UP}' AND {int(bucket_exists)})
+        FROM "{table}" AS f
+        WHERE NOT EXISTS (SELECT 1 FROM temp.scan AS s WHERE s.path = f.path)
+          AND NOT EXISTS (SELECT 1 FROM temp.unscanned AS u WHERE u.path = f.path)
+          AND NOT EXISTS (
+              SELECT 1 FROM (
+                  SELECT hi FROM temp.unscanned_dirs AS d WHERE d.lo <= f.path
+                  ORDER BY d.lo DESC LIMIT 1)
+              WHERE hi IS NULL OR f.path < hi)
+        ORDER BY f.path"""
+    )
+
+
+@contextlib.contextmanager
+def _sort_cache(conn: Connection) -> Iterator[None]:
+    """A small page cache while SQLite sorts a million rows: its sorter may take the
+    whole cache (64 MiB) on top of it; this keeps a run's memory where it was."""
+    cache_size = int(conn.exec_driver_sql("PRAGMA cache_size").scalar_one())
+    conn.exec_driver_sql("PRAGMA cache_size=-8192")
+    try:
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size={cache_size}")
+
+
+def index_scan(conn: Connection) -> None:
+    """Indexes for the queries that look paths up in the scan's tables.
+
+    ``temp.scan`` is written without a key (the cheapest insert): the no-change
+    path never needs one, as it looks scan rows up in the files table's key.
+    """
+    with _sort_cache(conn):
+        conn.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS temp.ix_scan_path ON scan (path)")
+    conn.exec_driver_sql("CREATE INDEX IF NOT EXISTS temp.ix_unscanned_path ON unscanned (path)")
+
+
+def _unscanned_dirs(conn: Connection) -> None:
+    """``unscanned_dirs``: the unreadable directories as disjoint ranges of paths.
+
+    Below a directory ``p/`` lie exactly the paths ``p/ <= path < p0`` ('0' follows
+    '/'); ``''`` (the folder itself) covers everything (``hi`` NULL). Directories
+    inside another unreadable one are left out, so the ranges do not overlap and the
+    one with the largest ``lo`` not above a path is the only one that may hold it:
+    one index seek per row, however many directories could not be read.
+    """
+    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.unscanned_dirs")
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE unscanned_dirs (lo TEXT PRIMARY KEY, hi TEXT) WITHOUT ROWID"
+    )
+    prefixes = conn.exec_driver_sql(
+        "SELECT DISTINCT path FROM temp.unscanned WHERE path = '' OR path LIKE '%/' ORDER BY path"
+    ).scalars()
+    ranges: list[tuple[str, str | None]] = []
+    for prefix in prefixes:
+        if ranges and (ranges[-1][1] is None or prefix < ranges[-1][1]):
+            continue  # below the previous one (sorted: a parent comes first)
+        ranges.append((prefix, prefix[:-1] + "0" if prefix else None))
+    if ranges:
+        conn.exec_driver_sql("INSERT INTO temp.unscanned_dirs (lo, hi) VALUES (?, ?)", ranges)
 
 
 def in_bucket_count(conn: Connection, table: str) -> int:
@@ -209,6 +327,7 @@ def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObj
     files no longer on disk get a row too, so the delete queue removes them.
     Returns how many files on disk were found already in the bucket.
     """
+    index_scan(conn)
     for page in listing:
         if not page:
             continue

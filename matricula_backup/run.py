@@ -184,11 +184,15 @@ def _backup_folder(
             records.create_empty_temp_table(conn, record)
 
         progress.scanning(source)
+        # Compared with the files table batch by batch during the walk, unless the
+        # bucket's listing is still to be adopted into it.
+        compare = None if fresh_table else queues.Compare(conn, record.table)
         scanned = scan_folder(
             conn,
             folder,
             lambda problem: run.add_problem(problem, report),
             Excludes(settings.exclude),
+            compare,
         )
         report.excluded = scanned.excluded
         report.files_seen, report.bytes_seen = scanned.files, scanned.bytes
@@ -214,7 +218,7 @@ def _backup_folder(
                 f"(e.g. {held[0].path}): restore their good copy or run matricula-backup scrub "
                 f"--cache {settings.cache_dir} --accept PATH"
             )
-        sizes = queues.build_queues(conn, record.table, record.bucket_ready)
+        sizes = queues.build_queues(conn, record.table, record.bucket_ready, compare)
         lock = settings.object_lock
         renew_before = int(time.time()) + (lock.renew_days * DAY if lock else 0)
         if lock:

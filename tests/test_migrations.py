@@ -265,9 +265,10 @@ def test_the_comparison_sees_a_model_the_migrations_do_not_make(tmp_path: Path) 
             connection.exec_driver_sql(_FOLDER_ROWS)
             for statement in files_table_ddl("files_a_12345678"):
                 connection.exec_driver_sql(statement)
-            connection.exec_driver_sql('DROP INDEX "ix_files_a_12345678_not_backed_up"')
+            connection.exec_driver_sql('DROP INDEX "ix_files_a_12345678_retain_until"')
             connection.exec_driver_sql(
-                'CREATE INDEX "ix_files_a_12345678_not_backed_up" ON "files_a_12345678" (state)'
+                'CREATE INDEX "ix_files_a_12345678_retain_until" ON "files_a_12345678" '
+                "(retain_until)"
             )
             connection.exec_driver_sql("ALTER TABLE runs ADD COLUMN surplus INTEGER")
             connection.exec_driver_sql('ALTER TABLE "files_a_12345678" ADD COLUMN extra TEXT')
@@ -277,7 +278,7 @@ def test_the_comparison_sees_a_model_the_migrations_do_not_make(tmp_path: Path) 
     finally:
         engine.dispose()
     assert "surplus" in shown and "extra" in shown and "ix_run_folders_run_id" in shown
-    assert "ix_files_a_12345678_not_backed_up" in shown  # the WHERE went missing
+    assert "ix_files_a_12345678_retain_until" in shown  # the WHERE went missing
 
 
 def test_autogenerate_leaves_the_files_tables_alone(tmp_path: Path) -> None:

@@ -5,6 +5,11 @@ with alembic (the migrations ship inside the package, so this works from an
 ordinary install). A dry run must leave the file untouched: it opens it
 read-only, or works on an in-memory copy when the file is missing or older
 than this version of the tool.
+
+Alembic (a quarter of a second to import) is loaded only to upgrade: whether
+the file is at the newest revision is read with plain SQL from its
+``alembic_version`` table, and the revisions this version knows from the
+``revision`` lines of the migration files.
 """
 
 from __future__ import annotations
@@ -12,30 +17,36 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterator
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
 from matricula_backup import __version__
 from matricula_backup.errors import DatabaseError
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 logger = logging.getLogger(__name__)
 
 DB_NAME = "state.db"
-# What opening, reading or upgrading the file can raise (alembic: a revision it
-# cannot place); each becomes one DatabaseError sentence, never a traceback.
-_OPEN_ERRORS = (OSError, SQLAlchemyError, sqlite3.Error, CommandError)
+
+
+class _MigrationFailed(Exception):
+    """Alembic's CommandError (a revision it cannot place), without importing alembic."""
+
+
+# What opening, reading or upgrading the file can raise; each becomes one
+# DatabaseError sentence, never a traceback.
+_OPEN_ERRORS = (OSError, SQLAlchemyError, sqlite3.Error, _MigrationFailed)
+_REVISION = re.compile(r'^(down_revision|revision)\s*=\s*"([^"]+)"', re.MULTILINE)
 
 
 def open_state_db(cache_dir: Path) -> Engine:
@@ -116,15 +127,43 @@ def migrations_dir() -> Path:
 
 def alembic_config() -> Config:
     """Alembic settings pointing at the migrations shipped with the package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     return config
 
 
-def is_current(engine: Engine) -> bool:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+def known_revisions() -> tuple[set[str], str | None]:
+    """(every revision of the shipped migrations, the head: the one no other revises).
+
+    Read from the files' ``revision = "..."`` and ``down_revision = "..."`` lines,
+    which is all alembic itself reads to chain them.
+    """
+    revisions: set[str] = set()
+    revised: set[str] = set()
+    for path in (migrations_dir() / "versions").glob("*.py"):
+        for kind, value in _REVISION.findall(path.read_text(encoding="utf-8")):
+            (revisions if kind == "revision" else revised).add(value)
+    heads = revisions - revised
+    return revisions, (heads.pop() if len(heads) == 1 else None)
+
+
+def stored_revision(engine: Engine) -> str | None:
+    """The revision recorded in the database (None: no schema yet)."""
     with engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision() == head
+        try:
+            row = connection.exec_driver_sql("SELECT version_num FROM alembic_version").first()
+        except OperationalError as exc:
+            if "no such table" in str(exc):
+                return None
+            raise
+    return None if row is None else str(row[0])
+
+
+def is_current(engine: Engine) -> bool:
+    head = known_revisions()[1]
+    return head is not None and stored_revision(engine) == head
 
 
 def _refuse_directory(path: Path) -> None:
@@ -137,15 +176,14 @@ def _refuse_directory(path: Path) -> None:
 
 def _refuse_newer(engine: Engine, path: Path) -> None:
     """A schema revision this version does not know was written by a newer version."""
-    script = ScriptDirectory.from_config(alembic_config())
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
-    if current is None or current in {revision.revision for revision in script.walk_revisions()}:
+    revisions, head = known_revisions()
+    current = stored_revision(engine)
+    if current is None or current in revisions:
         return
     raise DatabaseError(
         f"{path} was written by a newer version of matricula-backup (schema revision "
         f"{current[:40]!r}; this version, {__version__}, knows revisions up to "
-        f"{script.get_current_head()!r}): upgrade matricula-backup on this machine; the file "
+        f"{head!r}): upgrade matricula-backup on this machine; the file "
         "is left unchanged"
     )
 
@@ -154,11 +192,17 @@ def upgrade(engine: Engine) -> None:
     """Bring the schema to the newest revision (no-op when it is there already)."""
     if is_current(engine):
         return
+    from alembic import command
+    from alembic.util import CommandError
+
     config = alembic_config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         logger.info("upgrading the state database schema")
-        command.upgrade(config, "head")
+        try:
+            command.upgrade(config, "head")
+        except CommandError as exc:
+            raise _MigrationFailed(str(exc)) from None
 
 
 def _engine(url: str, wal: bool, single: bool = False) -> Engine:

@@ -156,8 +156,6 @@ def files_table_ddl(name: str, temporary: bool = False) -> list[str]:
     error       TEXT,               -- last upload/delete error; NULL once resolved
     retain_until INTEGER            -- Object Lock of that version: locked until, unix seconds
 ) WITHOUT ROWID""",
-        f"""CREATE INDEX IF NOT EXISTS "ix_{name}_not_backed_up"
-    ON "{name}" (state) WHERE state != 'backed_up'""",
         f"""CREATE INDEX IF NOT EXISTS "ix_{name}_retain_until"
     ON "{name}" (retain_until) WHERE retain_until IS NOT NULL""",
     ]

@@ -1,7 +1,7 @@
 """Fixity: the log of every check (upload, scrub, cloud check, drill), scrub state,
 held files and restore drills.
 
-Revision ID: 0007_14
+Revision ID: 0007_fixity
 Revises: 0006_mass_change
 Create Date: 2026-11-27
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0007_14"
+revision = "0007_fixity"
 down_revision = "0006_mass_change"
 branch_labels = None
 depends_on = None
