@@ -17,7 +17,16 @@ Each copy is checked (every file, its size). The report gives wall time, CPU,
 peak RSS and requests by operation, and the tool / faster peer ratio
 (target: <= 1.0).
 
-    .venv/bin/python benchmarks/restore.py --files 20000 --delay-ms 20
+moto keeps every object in memory (a 20,000-file run grew it past 22 GiB):
+it is refused above 5,000 files. ``--server seaweedfs`` holds the big tree on
+disk; SeaweedFS answers RestoreObject with 405 and serves a Deep Archive
+object without one, so there the requesting run is skipped: the rows a
+requesting run leaves in state.db (``restores.requested_at``) are written by
+this script from the version listing, and the tool's download run does what it
+does after a real requesting run (one GET per object, no HEAD).
+
+    .venv/bin/python benchmarks/restore.py --files 5000 --delay-ms 20
+    .venv/bin/python benchmarks/restore.py --server seaweedfs --files 20000 --delay-ms 20
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -119,6 +129,46 @@ def peer_commands(
     return {"aws": (aws, aws_env), "s5cmd": (s5cmd, s5_env)}
 
 
+MOTO_MAX_FILES = 5_000
+
+
+def _record_requests(cache: Path, endpoint: str, bucket: str, prefix: str) -> Measure:
+    """SeaweedFS has no RestoreObject: record every latest version as requested, as the
+    tool's requesting run does (straight to the server, not through the proxy)."""
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name=REGION,
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    start = time.monotonic()
+    rows = [
+        (bucket, version["Key"], version["VersionId"], version["Size"], "Bulk", int(time.time()))
+        for page in client.get_paginator("list_object_versions").paginate(
+            Bucket=bucket, Prefix=prefix + "/"
+        )
+        for version in page.get("Versions", [])
+        if version["IsLatest"]
+    ]
+    with contextlib.closing(sqlite3.connect(cache / "state.db")) as db, db:
+        db.executemany(
+            "INSERT INTO restores (bucket, key, version_id, size, tier, requested_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+    return Measure(
+        "restore: requests recorded (SeaweedFS has no RestoreObject)",
+        "benchmark",
+        time.monotonic() - start,
+        note=f"{len(rows):,} rows",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=20_000)
@@ -131,7 +181,13 @@ def main() -> None:
     parser.add_argument("--no-install", action="store_true")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=Path("/tmp/restore-results.md"))
+    parser.add_argument("--server", choices=("moto", "seaweedfs"), default="moto")
     args = parser.parse_args()
+    if args.server == "moto" and args.files > MOTO_MAX_FILES:
+        parser.error(
+            f"moto keeps every object in memory: at most {MOTO_MAX_FILES:,} files "
+            "(use --server seaweedfs for more)"
+        )
 
     spec = TreeSpec(args.files, 0, 0, args.small_kib, args.per_dir, 4)
     tree_dir = args.tree_dir or Path(
@@ -140,7 +196,7 @@ def main() -> None:
     folder, _, _ = ensure_tree(tree_dir, spec)
     notes = install_peers(args.peers_venv, not args.no_install)
     work = Path(tempfile.mkdtemp(prefix="restore-bench-"))
-    server = Server("moto", work)
+    server = Server(args.server, work)
     spawner = Spawner()
     proxy: CountingProxy | None = None
     try:
@@ -151,15 +207,18 @@ def main() -> None:
         write_config(cache, folder, proxy.url, args.workers, "rb-")
         tool = [str(TOOL), "--cache", str(cache)]
         upload = runner.run("backup (setup)", "matricula-backup", tool, tool_env())
-        request = runner.run(
-            "restore: RestoreObject requests",
-            "matricula-backup",
-            [str(TOOL), "restore", "--cache", str(cache), "--to", str(work / "requests")],
-            tool_env(),
-        )
         with contextlib.closing(sqlite3.connect(cache / "state.db")) as db:
             bucket = str(db.execute("SELECT bucket FROM folders").fetchone()[0])
         prefix = str(folder).lstrip("/")
+        if args.server == "moto":
+            request = runner.run(
+                "restore: RestoreObject requests",
+                "matricula-backup",
+                [str(TOOL), "restore", "--cache", str(cache), "--to", str(work / "requests")],
+                tool_env(),
+            )
+        else:
+            request = _record_requests(cache, server.url, bucket, prefix)
         measures: list[Measure] = [upload, request]
         copies: dict[str, Path] = {}
         dest = work / "by-matricula-backup"
@@ -193,7 +252,8 @@ def main() -> None:
     ours = measures[2]
     faster = min(peers, key=lambda m: m.wall) if peers else None
     lines = [
-        f"Restore of {args.files:,} x {args.small_kib} KiB ({args.per_dir} per folder), moto "
+        f"Restore of {args.files:,} x {args.small_kib} KiB ({args.per_dir} per folder), "
+        f"{server.version or args.server} "
         f"behind proxy.py with {args.delay_ms:g} ms per request, {args.workers} workers / "
         f"concurrent requests for every tool; {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
         f"{platform.node()}, load average {os.getloadavg()[0]:.1f} at the end.",
@@ -218,9 +278,9 @@ def main() -> None:
             "",
             f"matricula-backup restore / faster peer ({faster.tool}): "
             f"{ours.wall:.1f} s / {faster.wall:.1f} s = **{ratio:.2f}** "
-            f"(target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}); without the version "
-            f"listing (the dry run, {listing:.1f} s): {ours.wall - listing:.1f} s = "
-            f"{(ours.wall - listing) / faster.wall:.2f}",
+            f"(target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}); the version "
+            f"listing alone (the dry run) takes {listing:.1f} s: the download run lists "
+            "while it downloads",
         ]
     lines += [f"note: {note}" for note in notes]
     report = "\n".join(lines) + "\n"

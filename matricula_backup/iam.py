@@ -114,8 +114,8 @@ _BACKUP_ACTIONS = (
     "s3:AbortMultipartUpload",
     "s3:DeleteObject",
     "s3:GetObjectVersion",  # verify --deep: HEAD of the recorded version
-    # After a lost state.db, a returning file of an adopted row: HEAD of the latest
-    # version reads its mtime/sha256 metadata (s3.upload_unless_in_bucket). Archived
+    # After a lost state.db, a file of an adopted row: HEAD of the latest version
+    # reads the SHA-256 S3 computed (s3.upload_unless_in_bucket). Archived
     # bytes stay unreadable without RestoreObject, which this role lacks.
     "s3:GetObject",
 )

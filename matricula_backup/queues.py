@@ -164,8 +164,12 @@ def build_queues(
     up = conn.exec_driver_sql(
         "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(is_new), 0), "
         "coalesce(sum(is_changed), 0), "
-        "coalesce(sum(reason = 'changed mtime' AND in_bucket_sha256 IS NOT NULL), 0), "
-        "coalesce(sum(size * (reason = 'changed mtime' AND in_bucket_sha256 IS NOT NULL)), 0) "
+        # Checks: compared with a SHA-256 before anything is sent (only touched, or
+        # adopted from a listing with the object's size).
+        "coalesce(sum(check_bucket OR (reason = 'changed mtime' "
+        "AND in_bucket_sha256 IS NOT NULL)), 0), "
+        "coalesce(sum(size * (check_bucket OR (reason = 'changed mtime' "
+        "AND in_bucket_sha256 IS NOT NULL))), 0) "
         "FROM temp.upload_queue"
     ).one()
     _build_delete_queue(conn, table, bucket_exists, int(up[2]))
@@ -320,12 +324,16 @@ def apply_scan(conn: Connection, table: str) -> None:
 
 
 def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObject]]) -> int:
-    """After --reset (or a lost state.db): trust what the bucket already holds.
+    """After --reset (or a lost state.db): a row for each object the bucket holds.
 
-    An object counts as the backup of a file when it has the same size and was
-    uploaded no earlier than the file's mtime (second resolution). Objects of
+    A listing proves nothing about the bytes (a size and a LastModified are
+    easy to match with other bytes by anyone holding the keys), so a file on
+    disk is never recorded as backed up from it: it is queued, and one whose
+    size matches is compared with the SHA-256 S3 computed of the object before
+    anything is sent (``check_bucket``, s3.upload_unless_in_bucket). Objects of
     files no longer on disk get a row too, so the delete queue removes them.
-    Returns how many files on disk were found already in the bucket.
+    Returns how many files on disk were recorded as backed up: none (the
+    upload worker counts those it finds in the bucket).
     """
     index_scan(conn)
     for page in listing:
@@ -334,10 +342,7 @@ def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObj
         conn.exec_driver_sql(
             f"""INSERT INTO "{table}" (path, size, mtime_ns, state, version_id, uploaded_at)
             SELECT ?1, ?2, coalesce(s.mtime_ns, 0),
-                   CASE WHEN s.path IS NULL THEN '{BACKED_UP}'
-                        WHEN s.size = ?2 AND s.mtime_ns < (?3 + 1) * 1000000000
-                             THEN '{BACKED_UP}'
-                        ELSE '{PENDING}' END,
+                   CASE WHEN s.path IS NULL THEN '{BACKED_UP}' ELSE '{PENDING}' END,
                    ?4, ?3
             FROM (SELECT 1) LEFT JOIN temp.scan AS s ON s.path = ?1
             WHERE true
@@ -345,11 +350,7 @@ def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObj
             [(item.path, item.size, item.last_modified, item.version_id) for item in page],
         )
         conn.commit()
-    adopted = conn.exec_driver_sql(
-        f"""SELECT count(*) FROM "{table}" AS f JOIN temp.scan AS s ON s.path = f.path
-        WHERE f.state = '{BACKED_UP}'"""
-    ).scalar_one()
-    return int(adopted)
+    return 0
 
 
 def upload_batches(

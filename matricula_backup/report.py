@@ -149,8 +149,9 @@ def folder_line(report: FolderReport, dry_run: bool) -> str:
             f"{report.files_seen} files ({human_bytes(report.bytes_seen)}) on disk{excluded}{held}"
             + (f"; would extend Object Lock on {report.to_extend}" if report.to_extend else "")
         )
-    # Files found unchanged (only touched) were never going to be uploaded.
-    to_upload = report.to_upload - report.same_content
+    # Files found unchanged (only touched, or already in the bucket after a lost
+    # state.db) were never going to be uploaded.
+    to_upload = report.to_upload - report.same_content - report.already_in_bucket
     line = (
         f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{to_upload} "
         f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"

@@ -5,7 +5,7 @@ Deep Archive objects cannot be read until S3 restores a temporary copy
 run again and again (by hand or from cron) until everything is back:
 
     list versions (SQL picks latest, or as of --at)
-      -> per object: already in place? newer local file? (kept)
+      -> per object, on ``backup.workers`` threads: already in place? newer local file? (kept)
       -> archived and not restored: RestoreObject (recorded in ``restores``)
       -> restore running: reported as in progress
       -> readable: download to a temporary file, verify size and SHA-256,
@@ -13,22 +13,31 @@ run again and again (by hand or from cron) until everything is back:
 
 It works from the buckets, not from the files tables: after a disaster
 state.db may be gone, and deleted files live only as noncurrent versions.
+
+The latest versions (no --at, no --deleted) are streamed: a thread lists the
+next pages while the objects of the pages already listed are downloaded, as
+aws s3 cp and s5cmd do. --at and --deleted need every version of a key before
+one can be chosen, so they list first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
+import queue
 import re
 import shlex
 import stat
+import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -42,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 TIERS = {"bulk": "Bulk", "standard": "Standard"}
 BATCH = 1000
+PAGES_AHEAD = 4  # listing pages (1,000 entries each) fetched ahead of the downloads
 
 
 @dataclass(frozen=True)
@@ -103,13 +113,19 @@ def run_restore(settings: Settings, options: RestoreOptions) -> RestoreReport:
     try:
         with engine.connect() as conn:
             sources = _sources(conn, settings, store, report)
-            _list_selected_versions(conn, store, sources, options, report)
-            _select(conn, options, report)
-            _explain_deleted(conn, settings, options, report)
-            if options.dry_run:
-                _estimate(conn, report)
+            if options.dry_run or options.at is not None or options.deleted:
+                _list_selected_versions(conn, store, sources, options, report)
+                _select(conn, options, report)
+                _explain_deleted(conn, settings, options, report)
+                if options.dry_run:
+                    _estimate(conn, report)
+                else:
+                    batches = _batches(conn, sources, options)
+                    _work(conn, store, batches, options, report, settings.workers)
             else:
-                _work(conn, store, sources, options, report, settings.workers)
+                batches = _streamed_batches(conn, store, sources, options, report)
+                _work(conn, store, batches, options, report, settings.workers)
+                _explain_deleted(conn, settings, options, report)
     finally:
         engine.dispose()
     return report
@@ -177,6 +193,77 @@ def _list_selected_versions(
     report: RestoreReport,
 ) -> None:
     """Every version and delete marker the selectors ask for, into ``temp.versions``."""
+    targets = list(_prefixes(sources, options.selectors, report))
+    for _ in _insert_pages(conn, _listing(store, targets), report):
+        pass
+
+
+def _streamed_batches(
+    conn: Connection,
+    store: s3.Store,
+    sources: dict[str, Path],
+    options: RestoreOptions,
+    report: RestoreReport,
+) -> Iterator[list[_Item]]:
+    """The latest versions, a listing page at a time, while the next pages are listed.
+
+    The latest entry of a key is known from its own listing entry (IsLatest),
+    so each page's objects can start at once; every entry still goes into
+    ``temp.versions`` (a selector that matches only deleted files is
+    explained from it afterwards).
+    """
+    conn.exec_driver_sql("DROP TABLE IF EXISTS temp.selection")
+    conn.exec_driver_sql(
+        "CREATE TEMP TABLE selection (bucket TEXT, key TEXT, version_id TEXT, size INTEGER, "
+        "storage_class TEXT)"
+    )
+    targets = list(_prefixes(sources, options.selectors, report))
+    last = 0
+    with _prefetched(_listing(store, targets), PAGES_AHEAD) as pages:
+        for first, end in _insert_pages(conn, pages, report):
+            conn.exec_driver_sql(
+                "INSERT INTO temp.selection SELECT bucket, key, version_id, size, storage_class "
+                "FROM temp.versions WHERE ord BETWEEN ? AND ? AND is_latest AND NOT is_marker "
+                "ORDER BY ord",
+                (first, end),
+            )
+            while True:
+                batch, last, size = _next_batch(conn, sources, options, last)
+                if not batch:
+                    break
+                report.selected += len(batch)
+                report.selected_bytes += size
+                yield batch
+
+
+def _listing(
+    store: s3.Store, targets: list[tuple[str, str, bool]]
+) -> Iterator[tuple[str, list[s3.Version] | str]]:
+    """(bucket, a page of versions under the prefix) or (bucket, why it cannot be listed).
+
+    Touches no database and no report: it may run on a thread of its own.
+    """
+    for bucket, prefix, exact in targets:
+        try:
+            for page in s3.list_versions(store, bucket, prefix):
+                yield (
+                    bucket,
+                    [
+                        entry
+                        for entry in page
+                        if not exact or entry.key == prefix or entry.key.startswith(prefix + "/")
+                    ],
+                )
+        except s3.S3_ERRORS as exc:
+            yield bucket, s3.describe(exc)
+
+
+def _insert_pages(
+    conn: Connection,
+    pages: Iterable[tuple[str, list[s3.Version] | str]],
+    report: RestoreReport,
+) -> Iterator[tuple[int, int]]:
+    """Each listed page into ``temp.versions``; yields the range of ``ord`` it took."""
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.versions")
     conn.exec_driver_sql(
         "CREATE TEMP TABLE versions (bucket TEXT, key TEXT, version_id TEXT, size INTEGER, "
@@ -184,33 +271,85 @@ def _list_selected_versions(
         "ord INTEGER)"
     )
     order = 0
-    for bucket, prefix, exact in _prefixes(sources, options.selectors, report):
+    for bucket, page in pages:
+        if isinstance(page, str):
+            report.problems.append(Problem(bucket, "restore", page))
+            continue
+        first = order + 1
+        rows = []
+        for entry in page:
+            order += 1
+            rows.append(
+                (
+                    bucket,
+                    entry.key,
+                    entry.version_id,
+                    entry.size,
+                    entry.last_modified_ms,
+                    entry.storage_class,
+                    entry.is_marker,
+                    entry.is_latest,
+                    order,
+                )
+            )
+        if rows:
+            conn.exec_driver_sql(
+                "INSERT INTO temp.versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            yield first, order
+
+
+_END = object()
+
+
+@contextlib.contextmanager
+def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Iterator[Any]]:
+    """``source`` run on a thread of its own, at most ``depth`` items ahead of the reader.
+
+    Leaving the block early (an error, Ctrl-C) stops the thread at its next item.
+    """
+    ahead: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
         try:
-            for page in s3.list_versions(store, bucket, prefix):
-                rows = []
-                for entry in page:
-                    if exact and entry.key != prefix and not entry.key.startswith(prefix + "/"):
-                        continue
-                    order += 1
-                    rows.append(
-                        (
-                            bucket,
-                            entry.key,
-                            entry.version_id,
-                            entry.size,
-                            entry.last_modified_ms,
-                            entry.storage_class,
-                            entry.is_marker,
-                            entry.is_latest,
-                            order,
-                        )
-                    )
-                if rows:
-                    conn.exec_driver_sql(
-                        "INSERT INTO temp.versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-                    )
-        except s3.S3_ERRORS as exc:
-            report.problems.append(Problem(bucket, "restore", s3.describe(exc)))
+            for item in source:
+                if not put(item):
+                    return
+        except BaseException as exc:  # handed to the reader, which raises it
+            put(_Failed(exc))
+        put(_END)
+
+    def consume() -> Iterator[Any]:
+        while True:
+            item = ahead.get()
+            if item is _END:
+                return
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+
+    thread = threading.Thread(target=produce, name="restore-list", daemon=True)
+    thread.start()
+    try:
+        yield consume()
+    finally:
+        stop.set()
+        thread.join()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
 
 
 def _prefixes(
@@ -355,7 +494,7 @@ def _estimate(conn: Connection, report: RestoreReport) -> None:
 def _work(
     conn: Connection,
     store: s3.Store,
-    sources: dict[str, Path],
+    batches: Iterable[list[_Item]],
     options: RestoreOptions,
     report: RestoreReport,
     workers: int,
@@ -363,37 +502,41 @@ def _work(
     """Every selected object on ``workers`` threads: HEAD, RestoreObject, GET and write.
 
     The pool is kept fed (a window of objects in flight, not batches that
-    wait for their slowest); results are recorded by this thread and
-    committed about once a second.
+    wait for their slowest). Finished objects come out of a queue in the
+    order they finish (no scan of every future in flight per object, which
+    concurrent.futures.wait does); this thread records them, a batch of rows
+    per statement, committed about once a second.
     """
     window = workers * 4
-    pending: set[Future[tuple[str, str]]] = set()
-    items: dict[Future[tuple[str, str]], _Item] = {}
+    finished: queue.SimpleQueue[Future[tuple[str, str]]] = queue.SimpleQueue()
+    in_flight: dict[Future[tuple[str, str]], _Item] = {}
+    results: list[tuple[_Item, str, str]] = []
     last_commit = time.monotonic()
 
-    def record(done: set[Future[tuple[str, str]]]) -> None:
-        now = int(time.time())
-        for future in done:
-            item = items.pop(future)
+    def settle(block_until_below: int) -> None:
+        nonlocal last_commit
+        while in_flight and len(in_flight) >= block_until_below:
+            future = finished.get()
+            item = in_flight.pop(future)
             outcome, detail = future.result()
             _count(report, item, outcome, detail)
-            _record(conn, item, outcome, detail, options.tier, now)
+            results.append((item, outcome, detail))
+        if results and (not in_flight or time.monotonic() - last_commit > 1):
+            _record(conn, results, options.tier, int(time.time()))
+            results.clear()
+            conn.commit()
+            last_commit = time.monotonic()
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-        for batch in _batches(conn, sources, options):
-            for item in batch:
-                future = pool.submit(_restore_one, store, item, options)
-                items[future] = item
-                pending.add(future)
-                if len(pending) >= window:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    record(done)
-                    if time.monotonic() - last_commit > 1:
-                        conn.commit()
-                        last_commit = time.monotonic()
-        done, pending = wait(pending)
-        record(done)
-        conn.commit()
+        try:
+            for batch in batches:
+                for item in batch:
+                    settle(block_until_below=window)
+                    future = pool.submit(_restore_one, store, item, options)
+                    in_flight[future] = item
+                    future.add_done_callback(finished.put)
+        finally:
+            settle(block_until_below=1)
 
 
 def _batches(
@@ -401,26 +544,36 @@ def _batches(
 ) -> Iterator[list[_Item]]:
     last = 0
     while True:
-        rows = conn.exec_driver_sql(
-            """SELECT s.rowid, s.bucket, s.key, s.version_id, s.size,
-                      r.downloaded_at IS NOT NULL AND r.target IS NOT NULL,
-                      r.requested_at IS NOT NULL,
-                      s.storage_class IN ('DEEP_ARCHIVE', 'GLACIER')
-            FROM temp.selection AS s LEFT JOIN restores AS r USING (bucket, key, version_id)
-            WHERE s.rowid > ? ORDER BY s.rowid LIMIT ?""",
-            (last, BATCH),
-        ).all()
-        if not rows:
+        batch, last, _ = _next_batch(conn, sources, options, last)
+        if not batch:
             return
-        last = rows[-1][0]
-        yield [
-            _place(
-                _Item(row[1], row[2], row[3], row[4], "", bool(row[5]), bool(row[6]), bool(row[7])),
-                sources[row[1]],
-                options.to,
-            )
-            for row in rows
-        ]
+        yield batch
+
+
+def _next_batch(
+    conn: Connection, sources: dict[str, Path], options: RestoreOptions, last: int
+) -> tuple[list[_Item], int, int]:
+    """The next rows of ``temp.selection`` after rowid ``last``: (items, last rowid, bytes)."""
+    rows = conn.exec_driver_sql(
+        """SELECT s.rowid, s.bucket, s.key, s.version_id, s.size,
+                  r.downloaded_at IS NOT NULL AND r.target IS NOT NULL,
+                  r.requested_at IS NOT NULL,
+                  s.storage_class IN ('DEEP_ARCHIVE', 'GLACIER')
+        FROM temp.selection AS s LEFT JOIN restores AS r USING (bucket, key, version_id)
+        WHERE s.rowid > ? ORDER BY s.rowid LIMIT ?""",
+        (last, BATCH),
+    ).all()
+    if not rows:
+        return [], last, 0
+    items = [
+        _place(
+            _Item(row[1], row[2], row[3], row[4], "", bool(row[5]), bool(row[6]), bool(row[7])),
+            sources[row[1]],
+            options.to,
+        )
+        for row in rows
+    ]
+    return items, int(rows[-1][0]), sum(int(row[4]) for row in rows)
 
 
 def _place(item: _Item, folder: Path, to: Path | None) -> _Item:
@@ -552,30 +705,43 @@ def _count(report: RestoreReport, item: _Item, outcome: str, detail: str) -> Non
     logger.debug("%s: %s", outcome, item.target)
 
 
-def _record(conn: Connection, item: _Item, outcome: str, detail: str, tier: str, now: int) -> None:
+def _record(conn: Connection, results: list[tuple[_Item, str, str]], tier: str, now: int) -> None:
+    """The outcomes of a batch of objects into ``restores``, one statement per kind."""
     conn.exec_driver_sql(
         """INSERT INTO restores (bucket, key, version_id, size) VALUES (?, ?, ?, ?)
         ON CONFLICT (bucket, key, version_id) DO NOTHING""",
-        (item.bucket, item.key, item.version_id, item.size),
+        [(item.bucket, item.key, item.version_id, item.size) for item, _, _ in results],
     )
-    where = (item.bucket, item.key, item.version_id)
-    if outcome == "requested":
+    requested = [
+        (tier, now, *_where(item)) for item, outcome, _ in results if outcome == "requested"
+    ]
+    if requested:
         conn.exec_driver_sql(
             "UPDATE restores SET tier = ?, requested_at = ?, error = NULL "
             "WHERE bucket = ? AND key = ? AND version_id = ?",
-            (tier, now, *where),
+            requested,
         )
-    elif outcome in ("downloaded", "present"):
+    placed = [
+        (now if outcome == "downloaded" else None, item.target, *_where(item))
+        for item, outcome, _ in results
+        if outcome in ("downloaded", "present")
+    ]
+    if placed:
         conn.exec_driver_sql(
             "UPDATE restores SET downloaded_at = coalesce(?, downloaded_at), target = ?, "
             "error = NULL WHERE bucket = ? AND key = ? AND version_id = ?",
-            (now if outcome == "downloaded" else None, item.target, *where),
+            placed,
         )
-    elif outcome == "error":
+    failed = [(detail, *_where(item)) for item, outcome, detail in results if outcome == "error"]
+    if failed:
         conn.exec_driver_sql(
             "UPDATE restores SET error = ? WHERE bucket = ? AND key = ? AND version_id = ?",
-            (detail, *where),
+            failed,
         )
+
+
+def _where(item: _Item) -> tuple[str, str, str]:
+    return item.bucket, item.key, item.version_id
 
 
 def restore_lines(report: RestoreReport, options: RestoreOptions) -> list[str]:

@@ -21,7 +21,7 @@ import stat
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -660,38 +660,46 @@ def upload_unless_in_bucket(
 ) -> Uploaded:
     """Upload a file whose row was adopted from a listing, unless the bucket holds its bytes.
 
-    A listing carries no metadata, so an adopted row knows no mtime or SHA-256
-    (after a lost state.db, a folder that was empty then comes back with every
-    file "changed"). One HEAD of the latest version (~$0.0004 per 1,000, a Deep
-    Archive PUT ~$0.05 per 1,000) reads the ``mtime`` and ``sha256`` metadata
-    written at upload: the same size and mtime are the same file, recorded
-    without reading it; otherwise the file is hashed and sent only if its SHA-256
-    differs (``upload``'s ``in_bucket_sha256``).
+    A listing says nothing about the bytes, and metadata (``mtime``, ``sha256``)
+    is whatever the writer sent: anyone holding the keys can plant an object
+    of the right size and metadata with other bytes. Only a checksum S3
+    computed itself proves the bytes: one HEAD with ChecksumMode (~$0.0004 per
+    1,000, a Deep Archive PUT ~$0.05 per 1,000) reads the SHA-256 S3 checked
+    on receipt, and the file is read once and sent only if its SHA-256 differs
+    (``upload``'s ``in_bucket_sha256``). An object without such a checksum
+    (uploaded in parts, whose checksum is a CRC64NVME anyone can forge, by
+    another tool, or planted) proves nothing: the file is uploaded.
     """
     try:
         with store.slots.held():
-            response = store.client.head_object(Bucket=bucket, Key=key)
+            response = store.client.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         if status not in (403, 404):  # 404: gone, or a delete marker is the latest
             raise
         logger.debug("HEAD %s: HTTP %s; uploading", key, status)
         return upload(store, bucket, key, path, rel, stopping, None, lock)
-    metadata = response.get("Metadata") or {}
-    digest = _sha256_metadata(metadata.get("sha256"))
-    size = response.get("ContentLength")
-    now = os.stat(path, follow_symlinks=False)
-    same_size = stat.S_ISREG(now.st_mode) and now.st_size == size
-    if same_size and digest and parse_mtime(metadata.get("mtime")) == now.st_mtime_ns:
-        return Uploaded(rel, now.st_size, now.st_mtime_ns, response.get("VersionId"), digest, False)
-    return upload(store, bucket, key, path, rel, stopping, digest if same_size else None, lock)
+    digest = s3_sha256(response)
+    if digest is None:
+        logger.debug("%s: the object has no SHA-256 computed by S3; uploading", key)
+    done = upload(store, bucket, key, path, rel, stopping, digest, lock)
+    if done.sent:
+        return done
+    return replace(done, version_id=response.get("VersionId"))
 
 
-def _sha256_metadata(value: str | None) -> bytes | None:
-    """The ``sha256`` metadata (64 hex digits) as bytes; None if absent or malformed."""
+def s3_sha256(response: dict[str, Any]) -> bytes | None:
+    """The whole-object SHA-256 S3 computed on receipt (HEAD with ChecksumMode), or None.
+
+    A composite checksum of parts ("<base64>-N", or ChecksumType COMPOSITE) is
+    not the SHA-256 of the bytes and is not returned.
+    """
+    value = response.get("ChecksumSHA256")
+    if not isinstance(value, str) or response.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
     try:
-        digest = bytes.fromhex(value or "")
-    except ValueError:
+        digest = base64.b64decode(value, validate=True)
+    except ValueError:  # also a composite's "-N" suffix
         return None
     return digest if len(digest) == 32 else None
 

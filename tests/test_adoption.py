@@ -8,6 +8,8 @@ PUTs are what costs) and the HEADs that replace them.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import time
 from pathlib import Path
@@ -106,7 +108,7 @@ def test_one_file_really_changed_among_the_returning_ones_is_the_only_upload(
 
     assert result.returncode == 0, result.stderr
     assert s3_proxy.requests["PUT object"] == 1
-    assert f"uploaded 1/{FILES} files" in result.stdout
+    assert "uploaded 1/1 files" in result.stdout
     assert f"{FILES - 1} found already in the bucket" in result.stdout
     assert _versions(s3, bucket) == FILES + 1
     head = s3.head_object(Bucket=bucket, Key=str(changed).lstrip("/"))
@@ -134,9 +136,13 @@ def test_state_lost_while_the_files_are_there(
 
     assert result.returncode == 0, result.stderr
     assert s3_proxy.requests["PUT object"] == 0
-    assert s3_proxy.requests["HEAD object"] == FILES // 3  # only the touched ones
+    # A listing proves no bytes: every file is compared with the SHA-256 S3 computed
+    # of its object (one HEAD each, one read of the file), touched or not.
+    assert s3_proxy.requests["HEAD object"] == FILES
     assert f"{FILES} found already in the bucket" in result.stdout
     assert _versions(s3, bucket) == FILES
+    rows = setup.db(f'SELECT state, length(sha256) FROM "{setup.table(folder)}"')
+    assert rows == [("backed_up", 32)] * FILES
 
 
 def test_state_lost_twice_with_the_disk_away_then_the_files_return(
@@ -159,3 +165,77 @@ def test_state_lost_twice_with_the_disk_away_then_the_files_return(
     assert result.returncode == 0, result.stderr
     assert s3_proxy.requests["PUT object"] == 1  # the new file, nothing else
     assert _versions(s3, bucket) == FILES + 1
+
+
+@pytest.mark.parametrize("checksum", ["no checksum", "SHA-256 of its own bytes"])
+@pytest.mark.parametrize("how", ["state.db lost", "--reset"])
+def test_a_planted_object_with_the_files_size_and_metadata_is_not_adopted(
+    setup: Setup, s3: Any, s3_proxy: CountingProxy, checksum: str, how: str
+) -> None:
+    """Whoever holds the keys plants other bytes with the size, mtime and sha256
+    metadata of the real file (copied from a HEAD of the real object), then
+    state.db is lost: the file is uploaded again, the planted bytes are not
+    taken for its backup. (moto does not check a ChecksumSHA256 sent with a PUT;
+    S3 refuses a wrong one with BadDigest, so an attacker can only send the
+    SHA-256 of the bytes they send, or none.)"""
+    folder = _band(setup)
+    assert setup.run().returncode == 0
+    bucket = setup.bucket(folder)
+    target = folder / "0005.tif"
+    key = str(target).lstrip("/")
+    real = s3.head_object(Bucket=bucket, Key=key)
+    planted = os.urandom(target.stat().st_size)
+    extra = (
+        {"ChecksumAlgorithm": "SHA256", "ChecksumSHA256": _b64(hashlib.sha256(planted))}
+        if checksum != "no checksum"
+        else {}
+    )
+    s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=planted,
+        Metadata=real["Metadata"],
+        StorageClass="DEEP_ARCHIVE",
+        **extra,
+    )
+    if how == "state.db lost":
+        _lose_state(setup)
+    s3_proxy.reset_counts()
+
+    result = setup.run(*(["--reset"] if how == "--reset" else []))
+
+    assert result.returncode == 0, result.stderr
+    assert s3_proxy.requests["PUT object"] == 1  # the file whose object was replaced
+    assert s3_proxy.requests["HEAD object"] == FILES
+    assert "uploaded 1/1 files" in result.stdout
+    assert f"{FILES - 1} found already in the bucket" in result.stdout
+    assert _versions(s3, bucket) == FILES + 2
+    latest = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
+    assert latest["ChecksumSHA256"] == _b64(hashlib.sha256(target.read_bytes()))
+    sha256 = setup.db(f'SELECT hex(sha256) FROM "{setup.table(folder)}" WHERE path = ?', "0005.tif")
+    assert sha256 == [(hashlib.sha256(target.read_bytes()).hexdigest().upper(),)]
+
+
+def test_an_object_without_a_checksum_from_s3_is_uploaded_again(
+    setup: Setup, s3: Any, s3_proxy: CountingProxy
+) -> None:
+    """An object some other tool wrote without a checksum (the same bytes, the
+    same size): nothing S3 computed proves its bytes, so the file is uploaded."""
+    folder = _band(setup)
+    assert setup.run().returncode == 0
+    bucket = setup.bucket(folder)
+    target = folder / "0003.tif"
+    key = str(target).lstrip("/")
+    s3.put_object(Bucket=bucket, Key=key, Body=target.read_bytes(), StorageClass="DEEP_ARCHIVE")
+    _lose_state(setup)
+    s3_proxy.reset_counts()
+
+    result = setup.run()
+
+    assert result.returncode == 0, result.stderr
+    assert s3_proxy.requests["PUT object"] == 1
+    assert f"{FILES - 1} found already in the bucket" in result.stdout
+
+
+def _b64(digest: Any) -> str:
+    return base64.b64encode(digest.digest()).decode()

@@ -42,9 +42,7 @@ def test_an_older_schema_is_not_current_and_is_upgraded(tmp_path: Path) -> None:
                 'CREATE INDEX "ix_files_b_1_not_backed_up" ON "files_b_1" (state) '
                 "WHERE state != 'backed_up'"
             )
-            connection.exec_driver_sql(
-                "UPDATE alembic_version SET version_num = '0007_fixity'"
-            )
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0007_fixity'")
         assert not is_current(engine)
         assert stored_revision(engine) == "0007_fixity"
     finally:
