@@ -30,8 +30,11 @@ def run_migrations() -> None:
     if not db:
         raise SystemExit("give the database: alembic -x db=/path/to/state.db upgrade head")
     engine = create_engine(f"sqlite+pysqlite:///{db}")
-    with engine.begin() as own_connection:
-        _run(own_connection)
+    try:
+        with engine.begin() as own_connection:
+            _run(own_connection)
+    finally:
+        engine.dispose()  # the pool's connection is closed, not left to the garbage collector
 
 
 def include_name(name: str | None, type_: str, parent_names: object) -> bool:
