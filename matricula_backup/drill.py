@@ -27,7 +27,7 @@ from matricula_backup import fixity, s3
 from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP
-from matricula_backup.errors import FatalError
+from matricula_backup.errors import ChecksumMismatch, FatalError
 from matricula_backup.pricing import RESTORE_HOURS, usd
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def _compare(
             for chunk in fetched.chunks():
                 digest.update(chunk)
                 output.write(chunk)
-    except s3.ChecksumMismatch as exc:
+    except ChecksumMismatch as exc:
         return False, f"the restored bytes are wrong: {exc}"
     finally:
         copy.unlink(missing_ok=True)

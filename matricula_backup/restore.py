@@ -44,6 +44,7 @@ from sqlalchemy import Connection
 from matricula_backup import localfs, pricing, s3
 from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
+from matricula_backup.errors import ChecksumMismatch
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.report import Problem
 
@@ -647,7 +648,7 @@ def _restore_one(store: s3.Store, item: _Item, options: RestoreOptions) -> tuple
         return "error", f"not restored: {exc}"
     except PermissionError as exc:
         return "error", _permission_message(exc, item, options)
-    except (OSError, s3.ChecksumMismatch) as exc:
+    except (OSError, ChecksumMismatch) as exc:
         return "error", f"{type(exc).__name__}: {exc}"
 
 

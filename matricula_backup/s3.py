@@ -28,7 +28,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from matricula_backup import tamper
 from matricula_backup.config import ObjectLock, Settings
-from matricula_backup.errors import FolderError
+from matricula_backup.errors import (
+    ChecksumMismatch,
+    FileChanged,
+    FolderError,
+    RequestFailed,
+    Stopped,
+)
 from matricula_backup.parts import PartsStopped, RequestSlots, send_parts
 from matricula_backup.queues import ListedObject, Uploaded
 from matricula_backup.throttle import Throttle, ThrottledBody
@@ -64,23 +70,6 @@ LIFECYCLE_RULES: list[dict[str, Any]] = [
 ]
 _NOT_SUPPORTED = {"NotImplemented", "NotImplementedError", "MethodNotAllowed", "501"}
 _DENIED = {"AccessDenied", "AllAccessDisabled", "403"}
-
-
-class FileChanged(Exception):
-    """The file changed while it was read: nothing is recorded, it stays queued."""
-
-
-class Stopped(Exception):
-    """The run is stopping: a multipart upload was aborted between two parts."""
-
-
-class RequestFailed(Exception):
-    """A request sent without botocore (crt.py) that S3 refused or never answered."""
-
-    def __init__(self, operation: str, code: str, message: str) -> None:
-        super().__init__(f"{operation} failed: " + " ".join(filter(None, (code, message))))
-        self.operation = operation
-        self.code = code
 
 
 class RequestCounter:
@@ -998,10 +987,6 @@ def _check_unchanged(path: str, before: os.stat_result, read: int) -> None:
         or after.st_ctime_ns != before.st_ctime_ns
     ):
         raise FileChanged("it changed while it was read")
-
-
-class ChecksumMismatch(Exception):
-    """S3 reported a different checksum than the one of the bytes we sent."""
 
 
 # --- restores --------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from matricula_backup import fixity, interrupt, queues, s3
 from matricula_backup.access import denied, read_hint
 from matricula_backup.config import ObjectLock
 from matricula_backup.db.records import FolderRecord
+from matricula_backup.errors import ChecksumMismatch, FileChanged, Stopped
 from matricula_backup.progress import RunProgress
 from matricula_backup.queues import Uploaded, UploadItem
 from matricula_backup.report import FolderReport, Problem, RunReport
@@ -93,10 +94,10 @@ def upload_all(
         except FileNotFoundError:
             logger.info("vanished before upload (deleted from the bucket next run): %s", path)
             return
-        except s3.Stopped as exc:
+        except Stopped as exc:
             logger.info("%s", exc)
             return
-        except s3.FileChanged as exc:
+        except FileChanged as exc:
             message = f"not uploaded: {exc}; it is tried again next run"
             run.add_problem(Problem(str(folder.path), "upload", message, path), report)
             recorder.add(failed=(item.path, message))
@@ -106,7 +107,7 @@ def upload_all(
                 message = f"cannot read: {exc.strerror or exc}"
                 if denied(exc):
                     message += f" ({read_hint()})"
-            elif isinstance(exc, (*s3.S3_ERRORS, s3.ChecksumMismatch)):
+            elif isinstance(exc, (*s3.S3_ERRORS, ChecksumMismatch)):
                 message = s3.describe(exc)
             else:  # a bug: keep its traceback in the log
                 logger.exception("unexpected error while uploading %s", path)
