@@ -23,12 +23,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from matricula_backup import fixity, s3
+from matricula_backup import fixity
 from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP
 from matricula_backup.errors import ChecksumMismatch, FatalError
 from matricula_backup.pricing import RESTORE_HOURS, usd
+from matricula_backup.s3 import upload as s3
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import httpx
 
-from matricula_backup import s3
 from matricula_backup.config import Settings, redact_url
+from matricula_backup.s3 import upload as s3
 
 TIMEOUT_SECONDS = 10.0
 

@@ -41,12 +41,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from matricula_backup import localfs, pricing, s3
+from matricula_backup import localfs, pricing
 from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
 from matricula_backup.errors import ChecksumMismatch
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.report import Problem
+from matricula_backup.s3 import upload as s3
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from matricula_backup import fixity, forget, online, queues, s3, scrub, worker
+from matricula_backup import fixity, forget, online, queues, scrub, worker
 from matricula_backup.config import Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
@@ -25,6 +25,7 @@ from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder, backup_folders
 from matricula_backup.progress import NoProgress, RunProgress
 from matricula_backup.report import FolderReport, Problem, RunReport, folder_line
+from matricula_backup.s3 import upload as s3
 from matricula_backup.scan import scan_folder
 
 logger = logging.getLogger(__name__)

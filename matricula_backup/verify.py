@@ -25,11 +25,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from matricula_backup import fixity, s3, tamper
+from matricula_backup import fixity, tamper
 from matricula_backup.config import ObjectLock, Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP, PENDING
+from matricula_backup.s3 import upload as s3
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import Connection
 
-from matricula_backup import fixity, interrupt, queues, s3
+from matricula_backup import fixity, interrupt, queues
 from matricula_backup.access import denied, read_hint
 from matricula_backup.config import ObjectLock
 from matricula_backup.db.records import FolderRecord
@@ -30,6 +30,7 @@ from matricula_backup.errors import ChecksumMismatch, FileChanged, Stopped
 from matricula_backup.progress import RunProgress
 from matricula_backup.queues import Uploaded, UploadItem
 from matricula_backup.report import FolderReport, Problem, RunReport
+from matricula_backup.s3 import upload as s3
 
 logger = logging.getLogger(__name__)
 

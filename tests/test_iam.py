@@ -197,13 +197,13 @@ def package() -> Package:
 
 def test_the_source_scan_finds_the_calls_it_must(package: Package) -> None:
     """The scan itself: known calls of s3.py and crt.py are found, with their arguments."""
-    upload = package.reachable_operations(("matricula_backup.s3", "upload"))
+    upload = package.reachable_operations(("matricula_backup.s3.upload", "upload"))
     names = {operation for operation, _ in upload}
     assert {"PutObject", "CreateMultipartUpload", "UploadPart", "PutObjectRetention"} <= names
     assert ("PutObject", frozenset({ANY_PARAMETER})) in upload  # the CRT's PUT
     heads = {
         p
-        for op, p in package.reachable_operations(("matricula_backup.s3", "head"))
+        for op, p in package.reachable_operations(("matricula_backup.s3.upload", "head"))
         if op == "HeadObject"
     }
     # (A method call is matched by name, so `response.get(...)` also reaches the CRT's

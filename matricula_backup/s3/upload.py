@@ -35,12 +35,12 @@ from matricula_backup.errors import (
     RequestFailed,
     Stopped,
 )
-from matricula_backup.parts import PartsStopped, RequestSlots, send_parts
 from matricula_backup.queues import ListedObject, Uploaded
+from matricula_backup.s3.parts import PartsStopped, RequestSlots, send_parts
 from matricula_backup.throttle import Throttle, ThrottledBody
 
 if TYPE_CHECKING:
-    from matricula_backup.crt import FastPut
+    from matricula_backup.s3.crt import FastPut
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def _fast_put(
     if credentials is None:  # botocore says what is missing at the first request
         return None
     try:
-        from matricula_backup.crt import FastPut
+        from matricula_backup.s3.crt import FastPut
     except ImportError as exc:
         logger.warning("AWS CRT not available (%s): botocore sends every request", exc)
         return None
