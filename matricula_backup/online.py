@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 import httpx
 
 from matricula_backup.config import Settings, redact_url
-from matricula_backup.s3 import client
+from matricula_backup.s3 import buckets, client
 
 TIMEOUT_SECONDS = 10.0
 
@@ -75,16 +75,9 @@ def check_s3(settings: Settings, bucket: str) -> Check:
     store = client.connect(quick)
     where = endpoint_of(store)
     try:
-        answer = store.client.get_bucket_versioning(Bucket=bucket)
+        status = buckets.versioning_status(store, bucket)
     except client.S3_ERRORS as exc:
         code = client.error_code(exc)
-        if code == "NoSuchBucket":
-            return Check(
-                "S3",
-                True,
-                f"{where} answered and accepted the keys; bucket {bucket} does not exist "
-                "yet (the first real run creates it)",
-            )
         if code in _KEYS_REFUSED:
             hint = "check aws.access_key, aws.secret_access_key and aws.region in config.json"
         elif unreachable(exc):
@@ -97,7 +90,14 @@ def check_s3(settings: Settings, bucket: str) -> Check:
         else:
             hint = "see the S3 error"
         return Check("S3", False, f"could not reach S3 at {where}: {client.describe(exc)}; {hint}")
-    versioning = answer.get("Status") or "not enabled"
+    if status is None:  # NoSuchBucket
+        return Check(
+            "S3",
+            True,
+            f"{where} answered and accepted the keys; bucket {bucket} does not exist "
+            "yet (the first real run creates it)",
+        )
+    versioning = status or "not enabled"
     return Check(
         "S3",
         True,

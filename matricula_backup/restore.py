@@ -47,7 +47,7 @@ from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
 from matricula_backup.errors import ChecksumMismatch
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.report import Problem
-from matricula_backup.s3 import client, objects
+from matricula_backup.s3 import buckets, client, objects
 
 logger = logging.getLogger(__name__)
 
@@ -173,14 +173,12 @@ def _discover_root_buckets(
     """Buckets named like ours whose first key lies in a direct subfolder of a root."""
     found: dict[str, Path] = {}
     pattern = re.compile(rf"^{re.escape(settings.bucket_prefix)}[a-z0-9-]+-[0-9a-f]{{8}}$")
-    for bucket in store.client.list_buckets().get("Buckets", []):
-        name = bucket["Name"]
+    for name in buckets.bucket_names(store):
         if name in known or not pattern.match(name):
             continue
-        contents = store.client.list_objects_v2(Bucket=name, MaxKeys=1).get("Contents", [])
-        if not contents:
+        key = objects.first_key(store, name)
+        if key is None:
             continue
-        key = contents[0]["Key"]
         for root in settings.roots:
             root_prefix = str(root).lstrip("/") + "/"
             if key.startswith(root_prefix):

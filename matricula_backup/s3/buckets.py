@@ -312,6 +312,11 @@ def _put_lifecycle(client: Any, bucket: str, keep: list[dict[str, Any]] | None =
         ) from None
 
 
+def bucket_names(store: Store) -> list[str]:
+    """The names of every bucket the keys can see (one ListBuckets)."""
+    return [str(bucket["Name"]) for bucket in store.client.list_buckets().get("Buckets", [])]
+
+
 def versioning_status(store: Store, bucket: str) -> str | None:
     """'Enabled', 'Suspended', '' (never set), or None when the bucket does not exist."""
     try:

@@ -33,6 +33,12 @@ def delete(store: Store, bucket: str, keys: list[str]) -> dict[str, str]:
     }
 
 
+def first_key(store: Store, bucket: str) -> str | None:
+    """The first key of ``bucket`` in listing order, None if it is empty (one ListObjectsV2)."""
+    contents = store.client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
+    return str(contents[0]["Key"]) if contents else None
+
+
 def list_latest(store: Store, bucket: str, prefix: str) -> Iterator[list[ListedObject]]:
     """The latest, not deleted versions under ``prefix``, a page at a time.
 
