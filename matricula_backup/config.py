@@ -20,10 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from matricula_backup.access import owner_hint
 from matricula_backup.errors import ConfigError
+from matricula_backup.escape import redact_url as redact_url
 from matricula_backup.pricing import Prices
 from matricula_backup.throttle import parse_rate
 
@@ -204,15 +203,6 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
             scrub_nightly_minutes=scrub.scrub_nightly_minutes,
         ),
     )
-
-
-def redact_url(url: str) -> str:
-    """The URL without its path and query: safe to log (a webhook's ``sig=`` is a secret)."""
-    try:
-        parsed = httpx.URL(url)
-    except Exception:
-        return "<invalid URL>"
-    return f"{parsed.scheme}://{parsed.host}/…"
 
 
 def template() -> dict[str, Any]:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import re
 
+import httpx
+
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # The credential of a Teams/Workflows webhook URL, also percent-encoded (sig%3D).
 _SIG = re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s\"'<>\\]+")
@@ -47,3 +49,12 @@ def _escape(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its path and query: safe to log (a webhook's ``sig=`` is a secret)."""
+    try:
+        parsed = httpx.URL(url)
+    except Exception:
+        return "<invalid URL>"
+    return f"{parsed.scheme}://{parsed.host}/…"
