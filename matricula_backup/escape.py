@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import re
 
-import httpx
-
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # The credential of a Teams/Workflows webhook URL, also percent-encoded (sig%3D).
 _SIG = re.compile(r"(?i)(\bsig(?:=|%3D))[^&\s\"'<>\\]+")
@@ -53,6 +51,9 @@ def _escape(ch: str) -> str:
 
 def redact_url(url: str) -> str:
     """The URL without its path and query: safe to log (a webhook's ``sig=`` is a secret)."""
+    # Imported here: the scan prints through this module and needs no HTTP library.
+    import httpx
+
     try:
         parsed = httpx.URL(url)
     except Exception:

@@ -27,8 +27,8 @@ from matricula_backup.access import denied, read_hint
 from matricula_backup.config import ObjectLock
 from matricula_backup.db.records import FolderRecord
 from matricula_backup.errors import ChecksumMismatch, FileChanged, Stopped
+from matricula_backup.model import Uploaded, UploadItem
 from matricula_backup.progress import RunProgress
-from matricula_backup.queues import Uploaded, UploadItem
 from matricula_backup.report import FolderReport, Problem, RunReport
 from matricula_backup.s3 import client, objects, upload
 

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from matricula_backup.errors import (
     ChecksumMismatch,
 )
-from matricula_backup.queues import ListedObject
+from matricula_backup.model import ListedObject
 from matricula_backup.s3.client import FAST_PUT_MAX, READ_CHUNK, Store, error_code
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from matricula_backup.errors import (
     FileChanged,
     Stopped,
 )
-from matricula_backup.queues import Uploaded
+from matricula_backup.model import Uploaded
 from matricula_backup.s3.buckets import ABORT_MULTIPART_DAYS
 from matricula_backup.s3.client import FAST_PUT_MAX, READ_CHUNK, Store, describe
 from matricula_backup.s3.parts import PartsStopped, send_parts
