@@ -45,7 +45,7 @@ MAX_LOCK_DAYS = 36500  # S3's limit on a default retention: 100 years
 
 @dataclass(frozen=True)
 class ObjectLock:
-    """backup.object_lock: every version is protected for ``days`` days (s3.py).
+    """backup.object_lock: every version is protected for ``days`` days (s3/upload.py).
 
     A version that stays current is protected for ``days`` more each time
     fewer than ``renew_days`` remain (worker.py): runs must come more often than that.
@@ -80,7 +80,7 @@ class AwsSettings:
     endpoint_url: str | None = None
     retry_mode: str = DEFAULT_RETRY_MODE  # botocore: standard | adaptive | legacy
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    # Single PUTs of files up to 8 MiB through the AWS Common Runtime (crt.py);
+    # Single PUTs of files up to 8 MiB through the AWS Common Runtime (s3/crt.py);
     # false: botocore for every request.
     crt: bool = True
 

@@ -1,9 +1,9 @@
 """Drain one folder's queues against S3 and record every confirmed result.
 
 Uploads run in a bounded pool of threads sharing the run's S3 clients (one
-boto3 client, and the CRT client for small files: s3.py, crt.py); at most
+boto3 client, and the CRT client for small files: s3/client.py, s3/crt.py); at most
 ``2 x workers`` files are in flight, so memory does not grow with the queue,
-and at most ``workers`` requests, the parts of large files included (parts.py).
+and at most ``workers`` requests, the parts of large files included (s3/parts.py).
 Only this (main) thread touches the database: results are written in small
 transactions, so a crash loses at most the uploads in flight; Ctrl-C and
 SIGTERM are acted on between files (interrupt.py), never between an upload S3

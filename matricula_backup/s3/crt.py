@@ -129,7 +129,7 @@ class FastPut:
             BytesIO(data),  # shares the bytes, no copy
         )
         # One request whatever the size (the CRT would split a large body into
-        # a multipart upload of its own): large files are multipart uploads in s3.py.
+        # a multipart upload of its own): large files are multipart uploads in upload.py.
         single = max(MIN_PART, len(data))
         return self._send(
             "PutObject",
