@@ -56,7 +56,7 @@ from matricula_backup.progress import TerminalProgress
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
 from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
 from matricula_backup.run import RunOptions, run_backup
-from matricula_backup.s3 import enable_lock_command
+from matricula_backup.s3.buckets import enable_lock_command
 from matricula_backup.scrub import accept as run_scrub_accept
 from matricula_backup.scrub import card_items as scrub_card_items
 from matricula_backup.scrub import run_scrub, scrub_lines

@@ -20,10 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from matricula_backup.access import owner_hint
 from matricula_backup.errors import ConfigError
+from matricula_backup.escape import redact_url as redact_url
 from matricula_backup.pricing import Prices
 from matricula_backup.throttle import parse_rate
 
@@ -46,7 +45,7 @@ MAX_LOCK_DAYS = 36500  # S3's limit on a default retention: 100 years
 
 @dataclass(frozen=True)
 class ObjectLock:
-    """backup.object_lock: every version is protected for ``days`` days (s3.py).
+    """backup.object_lock: every version is protected for ``days`` days (s3/upload.py).
 
     A version that stays current is protected for ``days`` more each time
     fewer than ``renew_days`` remain (worker.py): runs must come more often than that.
@@ -81,7 +80,7 @@ class AwsSettings:
     endpoint_url: str | None = None
     retry_mode: str = DEFAULT_RETRY_MODE  # botocore: standard | adaptive | legacy
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
-    # Single PUTs of files up to 8 MiB through the AWS Common Runtime (crt.py);
+    # Single PUTs of files up to 8 MiB through the AWS Common Runtime (s3/crt.py);
     # false: botocore for every request.
     crt: bool = True
 
@@ -204,15 +203,6 @@ def parse_settings(raw: Any, cache_dir: Path) -> Settings:
             scrub_nightly_minutes=scrub.scrub_nightly_minutes,
         ),
     )
-
-
-def redact_url(url: str) -> str:
-    """The URL without its path and query: safe to log (a webhook's ``sig=`` is a secret)."""
-    try:
-        parsed = httpx.URL(url)
-    except Exception:
-        return "<invalid URL>"
-    return f"{parsed.scheme}://{parsed.host}/…"
 
 
 def template() -> dict[str, Any]:

@@ -23,12 +23,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from matricula_backup import fixity, s3
+from matricula_backup import fixity
 from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP
-from matricula_backup.errors import FatalError
+from matricula_backup.errors import ChecksumMismatch, FatalError
 from matricula_backup.pricing import RESTORE_HOURS, usd
+from matricula_backup.s3 import client, objects
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ def _objects(conn: Connection, drill_id: int) -> list[DrillObject]:
 
 def advance(settings: Settings, report: DrillReport) -> DrillReport:
     """Request what is not requested, check what became readable, finish when all are."""
-    store = s3.connect(settings)
+    store = client.connect(settings)
     scratch = settings.cache_dir / SCRATCH_DIR
     shutil.rmtree(scratch, ignore_errors=True)  # left by a killed invocation
     engine = open_state_db(settings.cache_dir)
@@ -196,7 +197,7 @@ def advance(settings: Settings, report: DrillReport) -> DrillReport:
 
 def _step(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     scratch: Path,
     report: DrillReport,
     folder: str,
@@ -226,10 +227,10 @@ def _step(
                     "outside this tool",
                 )
                 return
-        state = s3.head(store, bucket, key, version_id)
+        state = objects.head(store, bucket, key, version_id)
         if state.archived and state.restore != "done":
             if state.restore == "":  # not asked yet, or readable no more (expired)
-                s3.request_restore(store, bucket, key, version_id, report.tier, RESTORE_DAYS)
+                objects.request_restore(store, bucket, key, version_id, report.tier, RESTORE_DAYS)
                 report.requested += 1
             report.waiting += 1
             if requested_at is None:
@@ -243,10 +244,10 @@ def _step(
             store, scratch, folder, path, bucket, key, version_id, size, sha256, mtime_ns, state
         )
         _done(conn, report, folder, path, version_id, ok, detail)
-    except s3.S3_ERRORS as exc:
+    except client.S3_ERRORS as exc:
         # Not a verdict on the bytes: the next invocation tries again.
-        message = f"s3://{bucket}/{key}: {s3.describe(exc)}; tried again by the next drill"
-        if s3.error_code(exc) in ("AccessDenied", "403"):
+        message = f"s3://{bucket}/{key}: {client.describe(exc)}; tried again by the next drill"
+        if client.error_code(exc) in ("AccessDenied", "403"):
             message += (
                 " (the drill needs what the restore role allows: s3:RestoreObject and "
                 "s3:GetObjectVersion; matricula-backup iam-policy --role restore prints it)"
@@ -255,9 +256,9 @@ def _step(
         report.errors.append(message)
 
 
-def _latest(store: s3.Store, bucket: str, key: str) -> str | None:
+def _latest(store: client.Store, bucket: str, key: str) -> str | None:
     """The version id of the key's latest version (None: a delete marker or no object)."""
-    for page in s3.list_versions(store, bucket, key):
+    for page in objects.list_versions(store, bucket, key):
         for version in page:
             if version.key == key and version.is_latest:
                 return None if version.is_marker else version.version_id
@@ -265,7 +266,7 @@ def _latest(store: s3.Store, bucket: str, key: str) -> str | None:
 
 
 def _compare(
-    store: s3.Store,
+    store: client.Store,
     scratch: Path,
     folder: str,
     path: str,
@@ -275,19 +276,19 @@ def _compare(
     size: int,
     sha256: bytes | None,
     mtime_ns: int,
-    state: s3.ObjectState,
+    state: objects.ObjectState,
 ) -> tuple[bool, str]:
     """Download the version to the scratch directory and compare its bytes."""
     scratch.mkdir(mode=0o700, exist_ok=True)
     copy = scratch / "object"
     digest = hashlib.sha256()
     try:
-        fetched = s3.download(store, bucket, key, version_id, state, size)
+        fetched = objects.download(store, bucket, key, version_id, state, size)
         with open(copy, "wb") as output:
             for chunk in fetched.chunks():
                 digest.update(chunk)
                 output.write(chunk)
-    except s3.ChecksumMismatch as exc:
+    except ChecksumMismatch as exc:
         return False, f"the restored bytes are wrong: {exc}"
     finally:
         copy.unlink(missing_ok=True)

@@ -47,3 +47,15 @@ def _escape(ch: str) -> str:
     if code < 0x10000:
         return f"\\u{code:04x}"
     return f"\\U{code:08x}"
+
+
+def redact_url(url: str) -> str:
+    """The URL without its path and query: safe to log (a webhook's ``sig=`` is a secret)."""
+    # Imported here: the scan prints through this module and needs no HTTP library.
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except Exception:
+        return "<invalid URL>"
+    return f"{parsed.scheme}://{parsed.host}/…"

@@ -27,7 +27,7 @@ from pathlib import Path
 from sqlalchemy import Connection
 
 from matricula_backup.db.schema import PENDING
-from matricula_backup.queues import Uploaded
+from matricula_backup.model import Uploaded
 from matricula_backup.throttle import Throttle
 
 logger = logging.getLogger(__name__)

@@ -13,14 +13,14 @@ import logging
 import os
 import re
 import unicodedata
-from dataclasses import dataclass
 from pathlib import Path
 
 from matricula_backup.access import denied, read_hint
 from matricula_backup.config import CONFIG_NAME, Settings
 from matricula_backup.errors import ConfigError
 from matricula_backup.exclude import Excludes
-from matricula_backup.report import Problem
+from matricula_backup.model import BackupFolder as BackupFolder
+from matricula_backup.model import Problem
 
 _BAD_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _BAD_SUFFIXES = ("-s3alias", "--ol-s3", ".mrap", "--x-s3")
@@ -31,19 +31,6 @@ LOOSE_LISTED_PER_ROOT = 20
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BackupFolder:
-    """One folder that is backed up on its own, with where it came from in config.json."""
-
-    path: Path
-    source: str  # e.g. "backup.folders[0]" or "backup.roots[1]"
-
-    @property
-    def key_prefix(self) -> str:
-        """Object keys of this folder start with this: the absolute path without its '/'."""
-        return str(self.path).lstrip("/") + "/"
 
 
 def backup_folders(settings: Settings) -> tuple[list[BackupFolder], list[Problem]]:

@@ -19,8 +19,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 
-from matricula_backup.config import redact_url
-from matricula_backup.escape import REDACTED, printable, redact
+from matricula_backup.escape import REDACTED, printable, redact, redact_url
 from matricula_backup.report import RunReport, human_bytes
 
 logger = logging.getLogger(__name__)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import httpx
 
-from matricula_backup import s3
 from matricula_backup.config import Settings, redact_url
+from matricula_backup.s3 import buckets, client
 
 TIMEOUT_SECONDS = 10.0
 
@@ -59,10 +59,10 @@ def unreachable(exc: BaseException) -> bool:
 
     if isinstance(exc, ConnectionError | NoCredentialsError | PartialCredentialsError):
         return True
-    return s3.error_code(exc) in _KEYS_REFUSED
+    return client.error_code(exc) in _KEYS_REFUSED
 
 
-def endpoint_of(store: s3.Store) -> str:
+def endpoint_of(store: client.Store) -> str:
     """The S3 endpoint as scheme://host[:port], without any user:password part."""
     url = httpx.URL(str(store.client.meta.endpoint_url))
     port = f":{url.port}" if url.port else ""
@@ -72,19 +72,12 @@ def endpoint_of(store: s3.Store) -> str:
 def check_s3(settings: Settings, bucket: str) -> Check:
     """GetBucketVersioning of ``bucket``: one GET request, with 2 attempts at most."""
     quick = replace(settings, aws=replace(settings.aws, max_attempts=2, crt=False))
-    store = s3.connect(quick)
+    store = client.connect(quick)
     where = endpoint_of(store)
     try:
-        answer = store.client.get_bucket_versioning(Bucket=bucket)
-    except s3.S3_ERRORS as exc:
-        code = s3.error_code(exc)
-        if code == "NoSuchBucket":
-            return Check(
-                "S3",
-                True,
-                f"{where} answered and accepted the keys; bucket {bucket} does not exist "
-                "yet (the first real run creates it)",
-            )
+        status = buckets.versioning_status(store, bucket)
+    except client.S3_ERRORS as exc:
+        code = client.error_code(exc)
         if code in _KEYS_REFUSED:
             hint = "check aws.access_key, aws.secret_access_key and aws.region in config.json"
         elif unreachable(exc):
@@ -96,8 +89,15 @@ def check_s3(settings: Settings, bucket: str) -> Check:
             )
         else:
             hint = "see the S3 error"
-        return Check("S3", False, f"could not reach S3 at {where}: {s3.describe(exc)}; {hint}")
-    versioning = answer.get("Status") or "not enabled"
+        return Check("S3", False, f"could not reach S3 at {where}: {client.describe(exc)}; {hint}")
+    if status is None:  # NoSuchBucket
+        return Check(
+            "S3",
+            True,
+            f"{where} answered and accepted the keys; bucket {bucket} does not exist "
+            "yet (the first real run creates it)",
+        )
+    versioning = status or "not enabled"
     return Check(
         "S3",
         True,

@@ -26,6 +26,9 @@ from typing import Any
 from sqlalchemy import Connection
 
 from matricula_backup.db.schema import BACKED_UP, FAILED, PENDING
+from matricula_backup.model import ListedObject as ListedObject
+from matricula_backup.model import Uploaded as Uploaded
+from matricula_backup.model import UploadItem as UploadItem
 
 
 @dataclass(frozen=True)
@@ -42,43 +45,6 @@ class QueueSizes:
     # checks, not announced uploads (most were only touched).
     checks: int = 0
     check_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class UploadItem:
-    path: str
-    size: int
-    mtime_ns: int
-    reason: str  # new, changed size, changed mtime, retry
-    in_bucket_sha256: bytes | None  # of the bucket's latest version, if recorded
-    changed: bool = False  # was backed up, size or mtime differ now (mass change guard)
-    # The row was adopted from a bucket listing (no mtime or SHA-256 of its own) and
-    # the file has the object's size: HEAD the latest version before uploading.
-    check_bucket: bool = False
-
-
-@dataclass(frozen=True)
-class Uploaded:
-    """S3 confirmed an upload of exactly these bytes, or (``sent`` false) the bucket's
-    latest version already holds exactly these bytes."""
-
-    path: str
-    size: int
-    mtime_ns: int
-    version_id: str | None
-    sha256: bytes
-    sent: bool = True
-    retain_until: int | None = None  # Object Lock retention set on the upload, unix seconds
-
-
-@dataclass(frozen=True)
-class ListedObject:
-    """The latest version of an object, as listed from the bucket."""
-
-    path: str  # relative to the backup folder
-    size: int
-    last_modified: int  # unix seconds
-    version_id: str | None
 
 
 class Compare:

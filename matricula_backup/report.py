@@ -11,27 +11,13 @@ import socket
 from dataclasses import dataclass, field
 
 from matricula_backup.escape import printable
+from matricula_backup.model import Problem as Problem
 
 logger = logging.getLogger(__name__)
 
 # A night when the network is down could fail a million uploads: all are counted
 # and logged, the first ones are kept for the summary, the database and Teams.
 MAX_KEPT_PROBLEMS = 1000
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing that went wrong with one file or folder. The run goes on."""
-
-    folder: str
-    operation: str  # config, scan, bucket, upload, delete, notify
-    message: str
-    path: str | None = None  # the file or directory concerned, if any
-
-    def __str__(self) -> str:
-        """One line, whatever the file name holds (escape.py)."""
-        where = self.path or self.folder
-        return f"{self.operation}: {printable(where)}: {printable(self.message)}"
 
 
 @dataclass

@@ -41,11 +41,13 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from matricula_backup import localfs, pricing, s3
+from matricula_backup import localfs, pricing
 from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
+from matricula_backup.errors import ChecksumMismatch
 from matricula_backup.folders import backup_folders, bucket_name
 from matricula_backup.report import Problem
+from matricula_backup.s3 import buckets, client, objects
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +106,7 @@ class _Item:
 
 def run_restore(settings: Settings, options: RestoreOptions) -> RestoreReport:
     report = RestoreReport()
-    store = s3.connect(settings)
+    store = client.connect(settings)
     engine = (
         open_state_db_for_dry_run(settings.cache_dir)
         if options.dry_run
@@ -135,7 +137,7 @@ def run_restore(settings: Settings, options: RestoreOptions) -> RestoreReport:
 
 
 def _sources(
-    conn: Connection, settings: Settings, store: s3.Store, report: RestoreReport
+    conn: Connection, settings: Settings, store: client.Store, report: RestoreReport
 ) -> dict[str, Path]:
     """bucket -> backup folder, from state.db, config.json and (for roots) the bucket list.
 
@@ -153,29 +155,30 @@ def _sources(
     if settings.roots:
         try:
             sources.update(_discover_root_buckets(settings, store, set(sources)))
-        except s3.S3_ERRORS as exc:
+        except client.S3_ERRORS as exc:
             report.problems.append(
                 Problem(
                     "(bucket list)",
                     "restore",
-                    f"cannot list the buckets to find those of backup.roots: {s3.describe(exc)}",
+                    "cannot list the buckets to find those of backup.roots: "
+                    + client.describe(exc),
                 )
             )
     return sources
 
 
-def _discover_root_buckets(settings: Settings, store: s3.Store, known: set[str]) -> dict[str, Path]:
+def _discover_root_buckets(
+    settings: Settings, store: client.Store, known: set[str]
+) -> dict[str, Path]:
     """Buckets named like ours whose first key lies in a direct subfolder of a root."""
     found: dict[str, Path] = {}
     pattern = re.compile(rf"^{re.escape(settings.bucket_prefix)}[a-z0-9-]+-[0-9a-f]{{8}}$")
-    for bucket in store.client.list_buckets().get("Buckets", []):
-        name = bucket["Name"]
+    for name in buckets.bucket_names(store):
         if name in known or not pattern.match(name):
             continue
-        contents = store.client.list_objects_v2(Bucket=name, MaxKeys=1).get("Contents", [])
-        if not contents:
+        key = objects.first_key(store, name)
+        if key is None:
             continue
-        key = contents[0]["Key"]
         for root in settings.roots:
             root_prefix = str(root).lstrip("/") + "/"
             if key.startswith(root_prefix):
@@ -187,7 +190,7 @@ def _discover_root_buckets(settings: Settings, store: s3.Store, known: set[str])
 
 def _list_selected_versions(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     sources: dict[str, Path],
     options: RestoreOptions,
     report: RestoreReport,
@@ -200,7 +203,7 @@ def _list_selected_versions(
 
 def _streamed_batches(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     sources: dict[str, Path],
     options: RestoreOptions,
     report: RestoreReport,
@@ -237,15 +240,15 @@ def _streamed_batches(
 
 
 def _listing(
-    store: s3.Store, targets: list[tuple[str, str, bool]]
-) -> Iterator[tuple[str, list[s3.Version] | str]]:
+    store: client.Store, targets: list[tuple[str, str, bool]]
+) -> Iterator[tuple[str, list[objects.Version] | str]]:
     """(bucket, a page of versions under the prefix) or (bucket, why it cannot be listed).
 
     Touches no database and no report: it may run on a thread of its own.
     """
     for bucket, prefix, exact in targets:
         try:
-            for page in s3.list_versions(store, bucket, prefix):
+            for page in objects.list_versions(store, bucket, prefix):
                 yield (
                     bucket,
                     [
@@ -254,13 +257,13 @@ def _listing(
                         if not exact or entry.key == prefix or entry.key.startswith(prefix + "/")
                     ],
                 )
-        except s3.S3_ERRORS as exc:
-            yield bucket, s3.describe(exc)
+        except client.S3_ERRORS as exc:
+            yield bucket, client.describe(exc)
 
 
 def _insert_pages(
     conn: Connection,
-    pages: Iterable[tuple[str, list[s3.Version] | str]],
+    pages: Iterable[tuple[str, list[objects.Version] | str]],
     report: RestoreReport,
 ) -> Iterator[tuple[int, int]]:
     """Each listed page into ``temp.versions``; yields the range of ``ord`` it took."""
@@ -493,7 +496,7 @@ def _estimate(conn: Connection, report: RestoreReport) -> None:
 
 def _work(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     batches: Iterable[list[_Item]],
     options: RestoreOptions,
     report: RestoreReport,
@@ -595,7 +598,7 @@ def _place(item: _Item, folder: Path, to: Path | None) -> _Item:
     return replace(item, target=path, root=root, parts=tuple(parts))
 
 
-def _restore_one(store: s3.Store, item: _Item, options: RestoreOptions) -> tuple[str, str]:
+def _restore_one(store: client.Store, item: _Item, options: RestoreOptions) -> tuple[str, str]:
     """Do the next step for one object; returns (outcome, detail). Never raises."""
     if item.unsafe:
         return "error", item.unsafe
@@ -615,7 +618,7 @@ def _restore_one(store: s3.Store, item: _Item, options: RestoreOptions) -> tuple
             return "present", ""
         state = None
         if local is not None:
-            state = s3.head(store, item.bucket, item.key, item.version_id)
+            state = objects.head(store, item.bucket, item.key, item.version_id)
             # The listing's size: HEAD of an archived object may not give it.
             same = local.st_size == item.size and local.st_mtime_ns == state.mtime_ns
             if same:
@@ -628,33 +631,33 @@ def _restore_one(store: s3.Store, item: _Item, options: RestoreOptions) -> tuple
             # Probably readable by now: one GET instead of HEAD + GET.
             try:
                 return _download(store, item, options, None)
-            except s3.S3_ERRORS as exc:
-                if s3.error_code(exc) != "InvalidObjectState":
+            except client.S3_ERRORS as exc:
+                if client.error_code(exc) != "InvalidObjectState":
                     raise
         if state is None:
-            state = s3.head(store, item.bucket, item.key, item.version_id)
+            state = objects.head(store, item.bucket, item.key, item.version_id)
         if state.archived and state.restore != "done":
             if state.restore == "ongoing":
                 return "in_progress", ""
-            s3.request_restore(
+            objects.request_restore(
                 store, item.bucket, item.key, item.version_id, options.tier, options.days
             )
             return "requested", ""
         return _download(store, item, options, state)
-    except s3.S3_ERRORS as exc:
-        return "error", s3.describe(exc)
+    except client.S3_ERRORS as exc:
+        return "error", client.describe(exc)
     except localfs.UnsafePath as exc:
         return "error", f"not restored: {exc}"
     except PermissionError as exc:
         return "error", _permission_message(exc, item, options)
-    except (OSError, s3.ChecksumMismatch) as exc:
+    except (OSError, ChecksumMismatch) as exc:
         return "error", f"{type(exc).__name__}: {exc}"
 
 
 def _download(
-    store: s3.Store, item: _Item, options: RestoreOptions, state: s3.ObjectState | None
+    store: client.Store, item: _Item, options: RestoreOptions, state: objects.ObjectState | None
 ) -> tuple[str, str]:
-    fetched = s3.download(store, item.bucket, item.key, item.version_id, state, item.size)
+    fetched = objects.download(store, item.bucket, item.key, item.version_id, state, item.size)
     dir_mode = 0o777 & ~options.umask
     with localfs.create(item.root, list(item.parts), dir_mode) as output:
         for chunk in fetched.chunks():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine
 
-from matricula_backup import fixity, forget, online, queues, s3, scrub, worker
+from matricula_backup import fixity, forget, online, queues, scrub, worker
 from matricula_backup.config import Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
@@ -25,6 +25,7 @@ from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder, backup_folders
 from matricula_backup.progress import NoProgress, RunProgress
 from matricula_backup.report import FolderReport, Problem, RunReport, folder_line
+from matricula_backup.s3 import buckets, client, objects
 from matricula_backup.scan import scan_folder
 
 logger = logging.getLogger(__name__)
@@ -44,12 +45,12 @@ class _LazyStore:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.store: s3.Store | None = None
+        self.store: client.Store | None = None
         self.warned: set[tuple[str, str]] = set()
 
-    def get(self) -> s3.Store:
+    def get(self) -> client.Store:
         if self.store is None:
-            self.store = s3.connect(self.settings)
+            self.store = client.connect(self.settings)
         return self.store
 
     @property
@@ -203,7 +204,9 @@ def _backup_folder(
 
         if fresh_table:
             adopted = queues.adopt_listing(
-                conn, record.table, s3.list_latest(store.get(), record.bucket, folder.key_prefix)
+                conn,
+                record.table,
+                objects.list_latest(store.get(), record.bucket, folder.key_prefix),
             )
             report.already_in_bucket = adopted
             if not dry_run:
@@ -255,7 +258,7 @@ def _backup_folder(
         queues.apply_scan(conn, record.table)
         if report.to_upload == 0 and report.to_delete == 0 and report.to_extend == 0:
             return
-        bucket = s3.prepare_bucket(
+        bucket = buckets.prepare_bucket(
             store.get(), record.bucket, record.bucket_ready, store.warned, lock
         )
         for problem in bucket.problems:
@@ -286,19 +289,19 @@ def _backup_folder(
     except FolderError as exc:
         run.add_problem(Problem(source, "bucket", str(exc)), report)
         conn.rollback()
-    except s3.S3_ERRORS as exc:
+    except client.S3_ERRORS as exc:
         if dry_run and online.unreachable(exc):
             # Every other folder would fail the same way: a plan without the
             # bucket's listing would be built on nothing.
             raise S3Unreachable(
-                f"could not reach S3 at {online.endpoint_of(store.get())}: {s3.describe(exc)}; "
+                f"could not reach S3 at {online.endpoint_of(store.get())}: {client.describe(exc)}; "
                 "the dry run stops (it lists the buckets of folders it has not backed up "
                 "yet). Check aws.endpoint_url, aws.region and the aws keys in config.json; "
                 f"matricula-backup check-config --online --cache {settings.cache_dir} "
                 "tests the connection"
             ) from None
         run.add_problem(
-            Problem(source, "bucket", f"s3://{record.bucket}: {s3.describe(exc)}"), report
+            Problem(source, "bucket", f"s3://{record.bucket}: {client.describe(exc)}"), report
         )
         conn.rollback()
     except Exception as exc:  # a bug or a database error: the other folders still go on

@@ -30,8 +30,7 @@ from sqlalchemy import Connection
 from matricula_backup import walk
 from matricula_backup.access import denied, read_hint
 from matricula_backup.exclude import Excludes
-from matricula_backup.folders import BackupFolder
-from matricula_backup.report import Problem
+from matricula_backup.model import BackupFolder, Problem
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Whoever holds the backup keys (or the console) can change a bucket so that
 its history disappears later, without touching a single object: a lifecycle
 rule that expires versions, suspended versioning, a shortened Object Lock, a
-bucket policy that lets another account in. ``s3.py`` fetches the settings;
+bucket policy that lets another account in. ``s3/buckets.py`` fetches the settings;
 the functions here say what is wrong with them, in words a user can act on.
 ``verify`` and every run that works on a bucket report what they return.
 

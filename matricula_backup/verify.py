@@ -25,11 +25,12 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from matricula_backup import fixity, s3, tamper
+from matricula_backup import fixity, tamper
 from matricula_backup.config import ObjectLock, Settings
 from matricula_backup.db import records
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP, PENDING
+from matricula_backup.s3 import buckets, client, objects, upload
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class VerifyReport:
 
 def run_verify(settings: Settings, deep: bool) -> VerifyReport:
     report = VerifyReport()
-    store = s3.connect(settings)
+    store = client.connect(settings)
     engine = open_state_db(settings.cache_dir)
     try:
         with engine.connect() as conn:
@@ -82,8 +83,8 @@ def run_verify(settings: Settings, deep: bool) -> VerifyReport:
                     _verify_folder(
                         conn, store, check, table, deep, settings.workers, report, settings
                     )
-                except s3.S3_ERRORS as exc:
-                    report.findings.append(Finding(path, bucket, "bucket", s3.describe(exc)))
+                except client.S3_ERRORS as exc:
+                    report.findings.append(Finding(path, bucket, "bucket", client.describe(exc)))
                     conn.rollback()
     finally:
         engine.dispose()
@@ -92,7 +93,7 @@ def run_verify(settings: Settings, deep: bool) -> VerifyReport:
 
 def _verify_folder(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     check: FolderCheck,
     table: str,
     deep: bool,
@@ -104,7 +105,7 @@ def _verify_folder(
     lock = settings.object_lock
     found = report.findings.append
     prefix = folder.lstrip("/") + "/"
-    versioning = s3.versioning_status(store, bucket)
+    versioning = buckets.versioning_status(store, bucket)
     if versioning is None:
         found(
             Finding(
@@ -137,7 +138,7 @@ def _verify_folder(
     if versioning is not None:
         # The whole bucket, not only the folder's prefix: an object written elsewhere
         # in it (by hand, by stolen keys) is a finding too, in the same one listing.
-        for page in s3.list_versions(store, bucket, ""):
+        for page in objects.list_versions(store, bucket, ""):
             latest = [v for v in page if v.is_latest and not v.is_marker]
             rows = [
                 (v.key[len(prefix) :], v.size, v.storage_class, v.version_id)
@@ -168,7 +169,7 @@ def _verify_folder(
         f"""SELECT f.path, f.size, l.size, l.version_id, f.version_id, l.storage_class
         FROM "{table}" AS f LEFT JOIN temp.listed AS l ON l.path = f.path
         WHERE f.state = '{BACKED_UP}' AND f.uploaded_at IS NOT NULL
-          AND (l.path IS NULL OR l.size != f.size OR l.storage_class != '{s3.STORAGE_CLASS}'
+          AND (l.path IS NULL OR l.size != f.size OR l.storage_class != '{upload.STORAGE_CLASS}'
                OR (f.version_id IS NOT NULL AND l.version_id != f.version_id))"""
     ).all():
         if listed_size is None:
@@ -201,7 +202,7 @@ def _verify_folder(
                     path,
                 )
             )
-        if storage_class != s3.STORAGE_CLASS and listed_size is not None:
+        if storage_class != upload.STORAGE_CLASS and listed_size is not None:
             found(Finding(folder, bucket, "storage_class", f"stored as {storage_class}", path))
     # Re-queue what the bucket lacks or holds in another size: the next run uploads it.
     check.requeued = conn.exec_driver_sql(
@@ -231,17 +232,17 @@ def _verify_folder(
 
 
 def _tampering(
-    conn: Connection, store: s3.Store, bucket: str, lock: ObjectLock | None
+    conn: Connection, store: client.Store, bucket: str, lock: ObjectLock | None
 ) -> list[tuple[str, str]]:
     """(kind, detail) of every bucket setting that lets history be destroyed (tamper.py).
 
     Whether the bucket has Object Lock is recorded: once it has, the next run
     locks the versions that have no retention yet.
     """
-    found = [("lifecycle", text) for text in s3.check_lifecycle(store.client, bucket, False)]
-    found += [("policy", text) for text in s3.check_policy(store, bucket)]
+    found = [("lifecycle", text) for text in buckets.check_lifecycle(store.client, bucket, False)]
+    found += [("policy", text) for text in buckets.check_policy(store, bucket)]
     if lock is not None:
-        configuration = s3.object_lock_configuration(store, bucket)
+        configuration = buckets.object_lock_configuration(store, bucket)
         enabled = configuration is not None and configuration.get("ObjectLockEnabled") == "Enabled"
         records.mark_object_lock(conn, bucket, enabled)
         if not enabled:
@@ -249,7 +250,7 @@ def _tampering(
                 (
                     "object_lock",
                     "no Object Lock although backup.object_lock is set; to enable it: "
-                    + s3.enable_lock_command(bucket, lock),
+                    + buckets.enable_lock_command(bucket, lock),
                 )
             )
         else:
@@ -259,7 +260,7 @@ def _tampering(
 
 def _check_checksums(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     check: FolderCheck,
     table: str,
     prefix: str,
@@ -321,7 +322,7 @@ def _check_checksums(
 
 
 def _event(
-    folder: str, path: str, version: str, recorded: str | None, state: s3.ObjectState | str
+    folder: str, path: str, version: str, recorded: str | None, state: objects.ObjectState | str
 ) -> fixity.Event:
     """The fixity log's line for one cloud check (the bucket's copy, by its metadata)."""
     if isinstance(state, str):
@@ -337,11 +338,11 @@ def _event(
     return fixity.Event(folder, path, fixity.CLOUD, "bucket", result, version, detail)
 
 
-def _head(store: s3.Store, bucket: str, key: str, version_id: str) -> s3.ObjectState | str:
+def _head(store: client.Store, bucket: str, key: str, version_id: str) -> objects.ObjectState | str:
     try:
-        return s3.head(store, bucket, key, version_id)
-    except s3.S3_ERRORS as exc:
-        return s3.describe(exc)
+        return objects.head(store, bucket, key, version_id)
+    except client.S3_ERRORS as exc:
+        return client.describe(exc)
 
 
 def _shown(key: str) -> str:

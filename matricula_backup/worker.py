@@ -1,9 +1,9 @@
 """Drain one folder's queues against S3 and record every confirmed result.
 
 Uploads run in a bounded pool of threads sharing the run's S3 clients (one
-boto3 client, and the CRT client for small files: s3.py, crt.py); at most
+boto3 client, and the CRT client for small files: s3/client.py, s3/crt.py); at most
 ``2 x workers`` files are in flight, so memory does not grow with the queue,
-and at most ``workers`` requests, the parts of large files included (parts.py).
+and at most ``workers`` requests, the parts of large files included (s3/parts.py).
 Only this (main) thread touches the database: results are written in small
 transactions, so a crash loses at most the uploads in flight; Ctrl-C and
 SIGTERM are acted on between files (interrupt.py), never between an upload S3
@@ -22,13 +22,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from sqlalchemy import Connection
 
-from matricula_backup import fixity, interrupt, queues, s3
+from matricula_backup import fixity, interrupt, queues
 from matricula_backup.access import denied, read_hint
 from matricula_backup.config import ObjectLock
 from matricula_backup.db.records import FolderRecord
+from matricula_backup.errors import ChecksumMismatch, FileChanged, Stopped
+from matricula_backup.model import Uploaded, UploadItem
 from matricula_backup.progress import RunProgress
-from matricula_backup.queues import Uploaded, UploadItem
 from matricula_backup.report import FolderReport, Problem, RunReport
+from matricula_backup.s3 import client, objects, upload
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +74,7 @@ class _Recorder:
 
 def upload_all(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     record: FolderRecord,
     workers: int,
     report: FolderReport,
@@ -93,10 +95,10 @@ def upload_all(
         except FileNotFoundError:
             logger.info("vanished before upload (deleted from the bucket next run): %s", path)
             return
-        except s3.Stopped as exc:
+        except Stopped as exc:
             logger.info("%s", exc)
             return
-        except s3.FileChanged as exc:
+        except FileChanged as exc:
             message = f"not uploaded: {exc}; it is tried again next run"
             run.add_problem(Problem(str(folder.path), "upload", message, path), report)
             recorder.add(failed=(item.path, message))
@@ -106,8 +108,8 @@ def upload_all(
                 message = f"cannot read: {exc.strerror or exc}"
                 if denied(exc):
                     message += f" ({read_hint()})"
-            elif isinstance(exc, (*s3.S3_ERRORS, s3.ChecksumMismatch)):
-                message = s3.describe(exc)
+            elif isinstance(exc, (*client.S3_ERRORS, ChecksumMismatch)):
+                message = client.describe(exc)
             else:  # a bug: keep its traceback in the log
                 logger.exception("unexpected error while uploading %s", path)
                 message = f"unexpected error {type(exc).__name__}: {exc}"
@@ -159,7 +161,7 @@ def upload_all(
                     key = folder.key_prefix + item.path
                     if item.check_bucket:
                         future = pool.submit(
-                            s3.upload_unless_in_bucket,
+                            upload.upload_unless_in_bucket,
                             store,
                             record.bucket,
                             key,
@@ -170,7 +172,7 @@ def upload_all(
                         )
                     else:
                         future = pool.submit(
-                            s3.upload,
+                            upload.upload,
                             store,
                             record.bucket,
                             key,
@@ -201,7 +203,11 @@ def upload_all(
 
 
 def delete_all(
-    conn: Connection, store: s3.Store, record: FolderRecord, report: FolderReport, run: RunReport
+    conn: Connection,
+    store: client.Store,
+    record: FolderRecord,
+    report: FolderReport,
+    run: RunReport,
 ) -> None:
     """Delete from the bucket what is in ``delete_queue`` (delete markers)."""
     with interrupt.deferred():
@@ -212,7 +218,7 @@ def delete_all(
 
 def _delete_batch(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     record: FolderRecord,
     paths: list[str],
     report: FolderReport,
@@ -222,9 +228,9 @@ def _delete_batch(
     folder = record.folder
     keys = {folder.key_prefix + path: path for path in paths}
     try:
-        errors = s3.delete(store, record.bucket, list(keys))
-    except s3.S3_ERRORS as exc:
-        errors = {key: s3.describe(exc) for key in keys}
+        errors = objects.delete(store, record.bucket, list(keys))
+    except client.S3_ERRORS as exc:
+        errors = {key: client.describe(exc) for key in keys}
     failed = [(keys[key], message) for key, message in errors.items() if key in keys]
     deleted = [path for key, path in keys.items() if key not in errors]
     queues.record_deleted(conn, record.table, deleted)
@@ -247,7 +253,7 @@ def _delete_batch(
 
 def extend_retention(
     conn: Connection,
-    store: s3.Store,
+    store: client.Store,
     record: FolderRecord,
     lock: ObjectLock,
     before: int,
@@ -267,15 +273,15 @@ def extend_retention(
     with interrupt.deferred(), ThreadPoolExecutor(workers, "retention") as pool:
         for batch in queues.retention_due_batches(conn, record.table, before, True, DELETE_BATCH):
             interrupt.check()
-            retention = s3.Retention.from_now(lock)
+            retention = upload.Retention.from_now(lock)
 
-            def extend(row: tuple[str, str], retention: s3.Retention = retention) -> str | None:
+            def extend(row: tuple[str, str], retention: upload.Retention = retention) -> str | None:
                 try:
-                    s3.extend_retention(
+                    upload.extend_retention(
                         store, record.bucket, folder.key_prefix + row[0], row[1], retention
                     )
-                except s3.S3_ERRORS as exc:
-                    return s3.describe(exc)
+                except client.S3_ERRORS as exc:
+                    return client.describe(exc)
                 return None
 
             results = list(pool.map(extend, batch))

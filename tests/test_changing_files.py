@@ -135,7 +135,8 @@ def test_a_file_changed_after_the_scan_is_uploaded_in_its_final_state(
 
 def test_a_part_is_read_from_the_file_as_sent_and_can_be_sent_again(tmp_path: Any) -> None:
     """FileRange, the body of an UploadPart: a window of the file, rewound for a retry."""
-    from matricula_backup.s3 import FileChanged, FileRange
+    from matricula_backup.errors import FileChanged
+    from matricula_backup.s3.upload import FileRange
 
     path = tmp_path / "scan.tif"
     data = os.urandom(3000)

@@ -26,7 +26,7 @@ from urllib.parse import quote, urlsplit
 from awscrt import auth, s3
 from awscrt.http import HttpHeaders, HttpRequest
 
-from matricula_backup.s3 import RequestFailed
+from matricula_backup.errors import RequestFailed
 
 # A stalled request is given up after this long (plus time for its bytes at
 # 64 KiB/s): the file is then retried on the next run.
@@ -129,7 +129,7 @@ class FastPut:
             BytesIO(data),  # shares the bytes, no copy
         )
         # One request whatever the size (the CRT would split a large body into
-        # a multipart upload of its own): large files are multipart uploads in s3.py.
+        # a multipart upload of its own): large files are multipart uploads in upload.py.
         single = max(MIN_PART, len(data))
         return self._send(
             "PutObject",

@@ -1,0 +1,223 @@
+"""Objects already in a bucket: delete, list, HEAD, restore request, download."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from matricula_backup.errors import (
+    ChecksumMismatch,
+)
+from matricula_backup.model import ListedObject
+from matricula_backup.s3.client import FAST_PUT_MAX, READ_CHUNK, Store, error_code
+
+logger = logging.getLogger(__name__)
+
+
+def delete(store: Store, bucket: str, keys: list[str]) -> dict[str, str]:
+    """Delete up to 1000 keys in one request (delete markers in a versioned bucket).
+
+    Returns {key: error message} for the keys S3 did not delete.
+    """
+    response = store.client.delete_objects(
+        Bucket=bucket, Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True}
+    )
+    return {
+        error["Key"]: f"{error.get('Code', '?')} {error.get('Message', '')}".strip()
+        for error in response.get("Errors", [])
+    }
+
+
+def first_key(store: Store, bucket: str) -> str | None:
+    """The first key of ``bucket`` in listing order, None if it is empty (one ListObjectsV2)."""
+    contents = store.client.list_objects_v2(Bucket=bucket, MaxKeys=1).get("Contents", [])
+    return str(contents[0]["Key"]) if contents else None
+
+
+def list_latest(store: Store, bucket: str, prefix: str) -> Iterator[list[ListedObject]]:
+    """The latest, not deleted versions under ``prefix``, a page at a time.
+
+    A bucket that does not exist yields nothing.
+    """
+    paginator = store.client.get_paginator("list_object_versions")
+    try:
+        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+            objects = []
+            for version in page.get("Versions", []):
+                rel = version["Key"][len(prefix) :]
+                if version.get("IsLatest") and rel and not rel.endswith("/"):
+                    objects.append(
+                        ListedObject(
+                            rel,
+                            int(version["Size"]),
+                            int(version["LastModified"].timestamp()),
+                            version.get("VersionId"),
+                        )
+                    )
+            yield objects
+    except ClientError as exc:
+        if error_code(exc) != "NoSuchBucket":
+            raise
+
+
+ARCHIVE_CLASSES = {"DEEP_ARCHIVE", "GLACIER"}
+
+
+@dataclass(frozen=True)
+class Version:
+    """One entry of a bucket's version listing: an object version or a delete marker."""
+
+    key: str
+    version_id: str
+    size: int
+    last_modified_ms: int
+    storage_class: str
+    is_marker: bool
+    is_latest: bool
+
+
+@dataclass(frozen=True)
+class ObjectState:
+    """What HEAD says of an object version."""
+
+    archived: bool  # needs a restore before it can be read
+    restore: str  # "", "ongoing", or "done" (readable until it expires)
+    mtime_ns: int | None  # from the 'mtime' metadata
+    sha256: str | None  # hex, from the 'sha256' metadata
+    metadata: dict[str, str] = field(default_factory=dict)  # all of it, untrusted
+
+
+def list_versions(store: Store, bucket: str, prefix: str) -> Iterator[list[Version]]:
+    """Every version and delete marker under ``prefix``, a page at a time."""
+    paginator = store.client.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        entries = [
+            Version(
+                item["Key"],
+                item.get("VersionId") or "null",
+                int(item.get("Size", 0)),
+                int(item["LastModified"].timestamp() * 1000),
+                item.get("StorageClass", "STANDARD"),
+                is_marker,
+                bool(item.get("IsLatest")),
+            )
+            for is_marker, name in ((False, "Versions"), (True, "DeleteMarkers"))
+            for item in page.get(name, [])
+        ]
+        yield entries
+
+
+def head(store: Store, bucket: str, key: str, version_id: str) -> ObjectState:
+    return _state(store.client.head_object(Bucket=bucket, Key=key, VersionId=version_id))
+
+
+def _state(response: dict[str, Any]) -> ObjectState:
+    """What the headers of a HEAD or GET answer say of the object."""
+    restore = response.get("Restore") or ""
+    metadata = response.get("Metadata", {})
+    return ObjectState(
+        archived=response.get("StorageClass", "STANDARD") in ARCHIVE_CLASSES,
+        restore=(
+            "ongoing"
+            if 'ongoing-request="true"' in restore
+            else "done"
+            if 'ongoing-request="false"' in restore
+            else ""
+        ),
+        mtime_ns=parse_mtime(metadata.get("mtime")),
+        sha256=metadata.get("sha256"),
+        metadata=dict(metadata),
+    )
+
+
+def request_restore(
+    store: Store, bucket: str, key: str, version_id: str, tier: str, days: int
+) -> None:
+    """Ask S3 to make an archived version readable for ``days`` days."""
+    try:
+        store.client.restore_object(
+            Bucket=bucket,
+            Key=key,
+            VersionId=version_id,
+            RestoreRequest={"Days": days, "GlacierJobParameters": {"Tier": tier}},
+        )
+    except ClientError as exc:
+        if error_code(exc) != "RestoreAlreadyInProgress":
+            raise
+
+
+class Download:
+    """A readable version being fetched: its state and its bytes, checked as they pass."""
+
+    def __init__(self, body: Any, state: ObjectState, size: int) -> None:
+        self.state = state
+        self._body = body  # botocore's StreamingBody, or the bytes the CRT fetched
+        self._size = size
+
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes; raises ChecksumMismatch after the last chunk if size or SHA-256 differ.
+
+        The caller writes them to a temporary file and puts it in place only
+        when this ends without an error (localfs.py).
+        """
+        digest = hashlib.sha256()
+        received = 0
+        body = self._body
+        try:
+            for chunk in [body] if isinstance(body, bytes) else body.iter_chunks(READ_CHUNK):
+                digest.update(chunk)
+                received += len(chunk)
+                yield chunk
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
+        if received != self._size:
+            raise ChecksumMismatch(f"got {received} bytes, the object has {self._size}")
+        expected = self.state.sha256
+        if expected and digest.hexdigest() != expected:
+            raise ChecksumMismatch(
+                f"SHA-256 {digest.hexdigest()} differs from {expected} recorded at upload"
+            )
+
+
+def download(
+    store: Store, bucket: str, key: str, version_id: str, expected: ObjectState | None, size: int
+) -> Download:
+    """GET a version of ``size`` bytes; InvalidObjectState (a ClientError) if not readable.
+
+    ``expected`` is what a HEAD said of the object; without one, the GET's own
+    headers say it (mtime, SHA-256, the rest of the metadata).
+    """
+    if store.fast_put is not None and size <= FAST_PUT_MAX:
+        # Through the CRT (crt.py), like small PUTs: a third of botocore's CPU.
+        store.counter("GetObject")
+        headers, data = store.fast_put.get_object(bucket, key, version_id, size)
+        metadata = {
+            name[len("x-amz-meta-") :]: value
+            for name, value in headers.items()
+            if name.startswith("x-amz-meta-")
+        }
+        answer = {
+            "Restore": headers.get("x-amz-restore"),
+            "StorageClass": headers.get("x-amz-storage-class", "STANDARD"),
+            "Metadata": metadata,
+        }
+        return Download(data, expected or _state(answer), size)
+    response = store.client.get_object(Bucket=bucket, Key=key, VersionId=version_id)
+    return Download(response["Body"], expected or _state(response), size)
+
+
+def parse_mtime(value: str | None) -> int | None:
+    """'1600000000.250000000' (rclone's form) -> nanoseconds, or None."""
+    if not value:
+        return None
+    try:
+        seconds, _, fraction = value.partition(".")
+        return int(seconds) * 1_000_000_000 + int((fraction + "000000000")[:9])
+    except ValueError:
+        return None
