@@ -18,24 +18,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from matricula_backup import __version__, config_alert, iam, interrupt, notify, online
-from matricula_backup.config import (
-    CONFIG_NAME,
-    ObjectLock,
-    Settings,
-    load_settings,
-    redact_url,
-    template,
-)
-from matricula_backup.drill import advance as drill_advance
-from matricula_backup.drill import card_items as drill_card_items
-from matricula_backup.drill import cost_line as drill_cost_line
-from matricula_backup.drill import drill_lines
-from matricula_backup.drill import start_or_resume as drill_start
+# Only what every command needs is imported here: `--version` and `--help` must not
+# pay for SQLAlchemy, boto3, httpx, pydantic or rich (issue 13: start-up). Each
+# command imports the rest in its body.
+from matricula_backup import __version__, iam, interrupt
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
@@ -46,29 +36,16 @@ from matricula_backup.errors import (
     LockHeld,
 )
 from matricula_backup.escape import printable
-from matricula_backup.folders import BackupFolder, backup_folders, bucket_name
-from matricula_backup.forget import forget_lines, gone_paths, run_forget
 from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
 from matricula_backup.pricing import cost_lines
-from matricula_backup.progress import TerminalProgress
 from matricula_backup.report import Problem, RunReport, folder_line, run_line
-from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
-from matricula_backup.run import RunOptions, run_backup
-from matricula_backup.s3 import enable_lock_command
-from matricula_backup.scrub import accept as run_scrub_accept
-from matricula_backup.scrub import card_items as scrub_card_items
-from matricula_backup.scrub import run_scrub, scrub_lines
-from matricula_backup.status import (
-    history_lines,
-    read_history,
-    read_status,
-    recorded_buckets,
-    status_lines,
-    unlocked_buckets,
-)
-from matricula_backup.verify import run_verify
+
+if TYPE_CHECKING:
+    from matricula_backup import online
+    from matricula_backup.config import ObjectLock, Settings
+    from matricula_backup.folders import BackupFolder
 
 logger = logging.getLogger("matricula_backup")
 
@@ -168,6 +145,10 @@ def backup(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from matricula_backup import config_alert, notify
+    from matricula_backup.progress import TerminalProgress
+    from matricula_backup.run import RunOptions, run_backup
+
     cache, log_path = _start(cache, verbose)
     settings: Settings | None = None
     try:
@@ -305,6 +286,8 @@ def restore(
 
     Example: matricula-backup restore --cache /var/lib/matricula-backup /images/Taufbuch
     """
+    from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
+
     umask = current_umask()  # the user's, for restored files; _start sets the tool's own
     cache, log_path = _start(cache, verbose)
     if tier.lower() not in TIERS:
@@ -384,6 +367,8 @@ def verify(
 
     Example: matricula-backup verify --cache /var/lib/matricula-backup --deep
     """
+    from matricula_backup.verify import run_verify
+
     cache, log_path = _start(cache, verbose)
     with _fatal_errors_exit():
         settings = _load(cache)
@@ -441,6 +426,11 @@ def scrub(
 
     Example: matricula-backup scrub --cache /var/lib/matricula-backup --max-minutes 120
     """
+    from matricula_backup import notify
+    from matricula_backup.scrub import accept as run_scrub_accept
+    from matricula_backup.scrub import card_items as scrub_card_items
+    from matricula_backup.scrub import run_scrub, scrub_lines
+
     cache, log_path = _start(cache, verbose)
     with _fatal_errors_exit():
         settings = _load(cache)
@@ -511,6 +501,14 @@ def drill(
 
     Example: matricula-backup drill --cache /var/lib/matricula-backup --sample 20
     """
+    from matricula_backup import notify
+    from matricula_backup.drill import advance as drill_advance
+    from matricula_backup.drill import card_items as drill_card_items
+    from matricula_backup.drill import cost_line as drill_cost_line
+    from matricula_backup.drill import drill_lines
+    from matricula_backup.drill import start_or_resume as drill_start
+    from matricula_backup.restore import TIERS
+
     cache, log_path = _start(cache, verbose)
     if tier.lower() not in TIERS:
         typer.echo(f"--tier {tier!r}: use bulk or standard", err=True)
@@ -570,6 +568,9 @@ def status(
 
     Example: matricula-backup status --cache /var/lib/matricula-backup --json
     """
+    from matricula_backup.config import load_settings
+    from matricula_backup.status import read_status, status_lines
+
     cache, _log_path = _start(cache, False)
     try:
         settings: Settings | None = load_settings(cache)  # to tell missing and gone folders
@@ -595,6 +596,8 @@ def history(
 
     Example: matricula-backup history --cache /var/lib/matricula-backup --last 30
     """
+    from matricula_backup.status import history_lines, read_history
+
     cache, _log_path = _start(cache, False)
     with _fatal_errors_exit():
         runs = read_history(cache, last)
@@ -628,6 +631,8 @@ def forget_command(
 
     Example: matricula-backup forget --cache /var/lib/matricula-backup /images/archive/Graz
     """
+    from matricula_backup.forget import forget_lines, run_forget
+
     cache, _log_path = _start(cache, False)
     selected = [os.path.normpath(path.absolute()) for path in paths]
     with _fatal_errors_exit():
@@ -651,6 +656,8 @@ def init(cache: CacheOption = None) -> None:
 
     Example: matricula-backup init --cache /var/lib/matricula-backup
     """
+    from matricula_backup.config import CONFIG_NAME, template
+
     if cache is not None and not cache.absolute().exists():
         _create_cache_dir(cache.absolute())
     cache, _log_path = _start(cache, False)
@@ -699,6 +706,11 @@ def check_config(
 
     Example: matricula-backup check-config --online --cache /var/lib/matricula-backup
     """
+    from matricula_backup.config import redact_url
+    from matricula_backup.folders import backup_folders, bucket_name
+    from matricula_backup.forget import gone_paths
+    from matricula_backup.status import recorded_buckets
+
     cache, _log_path = _start(cache, False)
     with _fatal_errors_exit():
         settings = _load(cache)
@@ -736,6 +748,9 @@ def _online_checks(
 ) -> list[online.Check]:
     """One request to S3 (a bucket of ours, or one named like a configured path), one to
     the webhook's host."""
+    from matricula_backup import online
+    from matricula_backup.folders import bucket_name
+
     first = folders[0].path if folders else (settings.folders + settings.roots)[0]
     bucket = recorded.get(str(first)) or bucket_name(first, settings.bucket_prefix)
     checks = [online.check_s3(settings, bucket)]
@@ -748,6 +763,9 @@ def _online_checks(
 
 def _object_lock_advice(cache: Path, lock: ObjectLock) -> list[str]:
     """For buckets that hold files uploaded without a retention: how to turn Object Lock on."""
+    from matricula_backup.s3 import enable_lock_command
+    from matricula_backup.status import unlocked_buckets
+
     lines = [
         f"Object Lock: new buckets get {lock.mode} {lock.days} days; every upload is locked "
         f"that long and extended when fewer than {lock.renew_days} days remain"
@@ -810,6 +828,9 @@ def notify_test(cache: CacheOption = None) -> None:
 
     Example: matricula-backup notify-test --cache /var/lib/matricula-backup
     """
+    from matricula_backup import notify
+    from matricula_backup.config import CONFIG_NAME, redact_url
+
     cache, _log_path = _start(cache, False)
     with _fatal_errors_exit():
         settings = _load(cache)
@@ -871,6 +892,8 @@ def _start(cache: Path | None, verbose: bool) -> tuple[Path, Path | None]:
 
 
 def _load(cache: Path) -> Settings:
+    from matricula_backup.config import load_settings
+
     settings = load_settings(cache)
     for warning in settings.warnings:
         logger.warning("%s", warning)
@@ -902,6 +925,8 @@ def _fatal_report(exc: Exception, reset: bool) -> RunReport:
 
 
 def _notify(settings: Settings, report: RunReport, log_path: Path) -> None:
+    from matricula_backup import notify
+
     if not settings.webhook:
         logger.warning("no notification.webhook in config.json: nobody is told of these errors")
         return
