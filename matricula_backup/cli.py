@@ -14,7 +14,6 @@ import os
 import shlex
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -179,8 +178,16 @@ def backup(
         if settings is None and isinstance(exc, ConfigError) and not dry_run:
             # config.json did not load: Teams is told if its webhook can be read.
             config_alert.tell_teams(cache, str(exc), log_path or cache / LOG_NAME)
-        if settings is not None and not dry_run and _worth_telling(exc, settings):
-            _notify(settings, _fatal_report(exc, reset), log_path or cache / LOG_NAME)
+        if settings is not None and not dry_run:
+            notify.tell_fatal(
+                settings.webhook,
+                exc,
+                reset,
+                log_path or cache / LOG_NAME,
+                lock_held=isinstance(exc, LockHeld),
+                held_since=exc.since if isinstance(exc, LockHeld) else None,
+                stuck_after_hours=settings.stuck_after_hours,
+            )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         logger.error("interrupted; what S3 confirmed so far is recorded")
@@ -188,7 +195,7 @@ def backup(
     except Exception as exc:  # a bug: keep the traceback in the log, tell Teams
         logger.exception("internal error")
         if settings is not None and not dry_run:
-            _notify(settings, _fatal_report(exc, reset), log_path or cache / LOG_NAME)
+            notify.tell_fatal(settings.webhook, exc, reset, log_path or cache / LOG_NAME)
         typer.echo(
             f"internal error: {type(exc).__name__}: {exc} (traceback in {log_path})", err=True
         )
@@ -208,10 +215,10 @@ def backup(
         typer.echo(f"error: {problem}", err=True)
     if report.error_count > SHOWN_PROBLEMS:
         typer.echo(f"... {report.error_count - SHOWN_PROBLEMS} more errors in {log_path}", err=True)
-    if report.error_count and not dry_run:
-        _notify(settings, report, log_path or cache / LOG_NAME)
-    elif settings.notify_on_success and settings.webhook and not dry_run:
-        notify.send(settings.webhook, notify.success_card(report, log_path or cache / LOG_NAME))
+    if not dry_run:
+        notify.tell_run(
+            settings.webhook, report, log_path or cache / LOG_NAME, settings.notify_on_success
+        )
     raise typer.Exit(EXIT_WITH_ERRORS if report.error_count else EXIT_OK)
 
 
@@ -367,6 +374,7 @@ def verify(
 
     Example: matricula-backup verify --cache /var/lib/matricula-backup --deep
     """
+    from matricula_backup import notify
     from matricula_backup.verify import run_verify
 
     cache, log_path = _start(cache, verbose)
@@ -390,7 +398,7 @@ def verify(
     if report.findings:  # the weekly verify runs unattended: tell Teams, as a run would
         told = RunReport(folders=[], error_count=len(report.findings))
         told.problems = [Problem(f.folder, "verify", str(f)) for f in report.findings[:1000]]
-        _notify(settings, told, log_path or cache / LOG_NAME)
+        notify.tell_errors(settings.webhook, told, log_path or cache / LOG_NAME)
     raise typer.Exit(EXIT_WITH_ERRORS if report.findings else EXIT_OK)
 
 
@@ -909,28 +917,6 @@ def _fatal_errors_exit() -> Iterator[None]:
     except FatalError as exc:
         logger.error("%s", exc)
         raise typer.Exit(exc.exit_code) from None
-
-
-def _worth_telling(exc: FatalError, settings: Settings) -> bool:
-    """Every fatal error goes to Teams, but a held lock only once it looks stuck."""
-    if not isinstance(exc, LockHeld):
-        return True
-    return exc.since is not None and time.time() - exc.since > settings.stuck_after_hours * 3600
-
-
-def _fatal_report(exc: Exception, reset: bool) -> RunReport:
-    report = RunReport(reset=reset)
-    report.add_problem(Problem("(whole run)", "run", f"the backup could not run: {exc}"))
-    return report
-
-
-def _notify(settings: Settings, report: RunReport, log_path: Path) -> None:
-    from matricula_backup import notify
-
-    if not settings.webhook:
-        logger.warning("no notification.webhook in config.json: nobody is told of these errors")
-        return
-    notify.send(settings.webhook, notify.failure_card(report, log_path))
 
 
 def main() -> None:
