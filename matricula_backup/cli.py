@@ -11,7 +11,6 @@ import contextlib
 import json
 import logging
 import os
-import shlex
 import socket
 import sys
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ import typer
 # Only what every command needs is imported here: `--version` and `--help` must not
 # pay for SQLAlchemy, boto3, httpx, pydantic or rich (issue 13: start-up). Each
 # command imports the rest in its body.
-from matricula_backup import __version__, iam, interrupt
+from matricula_backup import __version__, iam, interrupt, output
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
@@ -38,8 +37,7 @@ from matricula_backup.escape import printable
 from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
-from matricula_backup.pricing import cost_lines
-from matricula_backup.report import Problem, RunReport, folder_line, run_line
+from matricula_backup.report import Problem, RunReport, run_line
 
 if TYPE_CHECKING:
     from matricula_backup import online
@@ -47,8 +45,6 @@ if TYPE_CHECKING:
     from matricula_backup.folders import BackupFolder
 
 logger = logging.getLogger("matricula_backup")
-
-SHOWN_PROBLEMS = 20  # on stderr; the log has them all
 
 app = typer.Typer(
     add_completion=False,
@@ -201,20 +197,12 @@ def backup(
         )
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
 
-    summary = run_line(report)
     if not quiet:
-        for entry in report.folders:
-            typer.echo(folder_line(entry, dry_run))
-        typer.echo(summary)
-        for line in cost_lines(report, settings.prices, report.requests_by_operation):
+        for line in output.backup_lines(report, dry_run, settings.prices):
             typer.echo(line)
-        for warning in report.warnings:
-            typer.echo(f"warning: {warning}")
-    logger.info("%s", summary)
-    for problem in report.problems[:SHOWN_PROBLEMS]:
-        typer.echo(f"error: {problem}", err=True)
-    if report.error_count > SHOWN_PROBLEMS:
-        typer.echo(f"... {report.error_count - SHOWN_PROBLEMS} more errors in {log_path}", err=True)
+    logger.info("%s", run_line(report))
+    for line in output.problem_lines(report.problems, report.error_count, log_path):
+        typer.echo(line, err=True)
     if not dry_run:
         notify.tell_run(
             settings.webhook, report, log_path or cache / LOG_NAME, settings.notify_on_success
@@ -339,12 +327,8 @@ def restore(
     for line in restore_lines(report, options):
         typer.echo(printable(line))  # names from the bucket
         logger.info("%s", line)
-    for problem in report.problems[:SHOWN_PROBLEMS]:
-        typer.echo(f"error: {problem}", err=True)
-    if len(report.problems) > SHOWN_PROBLEMS:
-        typer.echo(
-            f"... {len(report.problems) - SHOWN_PROBLEMS} more errors in {log_path}", err=True
-        )
+    for line in output.problem_lines(report.problems, len(report.problems), log_path):
+        typer.echo(line, err=True)
     raise typer.Exit(EXIT_WITH_ERRORS if report.problems else EXIT_OK)
 
 
@@ -383,18 +367,13 @@ def verify(
         with exclusive_lock(cache):
             report = run_verify(settings, deep)
     for check in [] if quiet else report.folders:
-        typer.echo(
-            f"{printable(check.folder)} -> s3://{check.bucket}: {check.rows} files in state.db, "
-            f"{check.objects} objects in the bucket"
-            + (f", {check.checked_checksums} checksums checked" if deep else "")
-            + (f"; {check.requeued} queued for upload" if check.requeued else "")
-        )
+        typer.echo(output.verify_check_line(check, deep))
     for finding in report.findings:
         logger.warning("%s", finding)
-    for finding in report.findings[: SHOWN_PROBLEMS * 5]:
-        typer.echo(f"finding: {printable(str(finding))}")  # keys come from the bucket
+    for line in output.verify_finding_lines(report):
+        typer.echo(line)
     if not quiet or report.findings:
-        typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
+        typer.echo(output.verify_summary(report))
     if report.findings:  # the weekly verify runs unattended: tell Teams, as a run would
         told = RunReport(folders=[], error_count=len(report.findings))
         told.problems = [Problem(f.folder, "verify", str(f)) for f in report.findings[:1000]]
@@ -445,12 +424,7 @@ def scrub(
         with exclusive_lock(cache):
             if accept is not None:
                 full, ended = run_scrub_accept(settings, accept)
-                typer.echo(
-                    printable(
-                        f"accepted: {full}: the next run uploads its new bytes "
-                        f"(sha256 {ended.found_sha256.hex()})"
-                    )
-                )
+                typer.echo(output.scrub_accepted_line(full, ended.found_sha256))
                 logger.warning("scrub --accept %s: the new bytes are accepted", full)
                 raise typer.Exit(EXIT_OK)
             try:
@@ -527,7 +501,7 @@ def drill(
             current = drill_start(settings, sample, TIERS[tier.lower()], every)
             if current is None:
                 if not quiet:
-                    typer.echo(f"drill: none due (the last one started less than {every} days ago)")
+                    typer.echo(output.drill_none_due_line(every))
                 raise typer.Exit(EXIT_OK)
             logger.info("%s", drill_cost_line(current))
             if not quiet:
@@ -678,10 +652,7 @@ def init(cache: CacheOption = None) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(template(), handle, indent=2)
         handle.write("\n")
-    typer.echo(
-        f"wrote {path}: set backup.folders / backup.roots and the aws and notification "
-        f"keys (see the README), then run: matricula-backup check-config --cache {cache}"
-    )
+    typer.echo(output.init_line(path, cache))
 
 
 @app.command("config-schema")
@@ -725,25 +696,19 @@ def check_config(
         folders, problems = backup_folders(settings)
         recorded = recorded_buckets(cache)
     for folder in folders:
-        state = "" if folder.path.is_dir() else "  (missing: not mounted?)"
         bucket = recorded.get(str(folder.path)) or bucket_name(folder.path, settings.bucket_prefix)
-        typer.echo(f"{printable(str(folder.path))} ({folder.source}) -> bucket {bucket}{state}")
+        typer.echo(output.config_folder_line(folder, bucket))
     for problem in problems:
         typer.echo(f"problem: {printable(problem.message)}", err=True)
     for path in gone_paths(settings, folders, sorted(recorded)):
         problems.append(Problem(path, "config", "gone"))
-        typer.echo(
-            f"problem: {printable(path)} (bucket {recorded[path]}) is recorded in state.db but no "
-            f"longer a backup folder: every run reports it until: matricula-backup forget "
-            f"--cache {cache} {printable(shlex.quote(path))}",
-            err=True,
-        )
+        typer.echo(output.gone_folder_line(path, recorded[path], cache), err=True)
     if settings.object_lock is not None:
         for line in _object_lock_advice(cache, settings.object_lock):
             typer.echo(line)
     missing = [folder for folder in folders if not folder.path.is_dir()]
     webhook = redact_url(settings.webhook) if settings.webhook else "none (errors are only logged)"
-    typer.echo(f"config.json is valid: {len(folders)} backup folders, webhook {webhook}")
+    typer.echo(output.config_valid_line(len(folders), webhook))
     checks = _online_checks(settings, folders, recorded) if online else []
     for check in checks:
         typer.echo(str(check), err=not check.ok)
@@ -774,19 +739,8 @@ def _object_lock_advice(cache: Path, lock: ObjectLock) -> list[str]:
     from matricula_backup.s3 import enable_lock_command
     from matricula_backup.status import unlocked_buckets
 
-    lines = [
-        f"Object Lock: new buckets get {lock.mode} {lock.days} days; every upload is locked "
-        f"that long and extended when fewer than {lock.renew_days} days remain"
-    ]
-    for bucket in unlocked_buckets(cache):
-        lines.append(
-            f"Object Lock: bucket {bucket} has not been seen with Object Lock on. If it has "
-            "none (verify says so), enable it (a versioned bucket allows it; it cannot be "
-            f"turned off again): {enable_lock_command(bucket, lock)} - once a verify or a "
-            "run that works on the bucket has seen it on, the next run locks the versions "
-            "already in it too"
-        )
-    return lines
+    unlocked = [(bucket, enable_lock_command(bucket, lock)) for bucket in unlocked_buckets(cache)]
+    return output.object_lock_lines(lock, unlocked)
 
 
 @app.command("iam-policy")
