@@ -281,7 +281,7 @@ def restore(
 
     Example: matricula-backup restore --cache /var/lib/matricula-backup /images/Taufbuch
     """
-    from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
+    from matricula_backup.restore import TIERS, RestoreOptions, parse_at, run_restore
 
     umask = current_umask()  # the user's, for restored files; _start sets the tool's own
     cache, log_path = _start(cache, verbose)
@@ -324,7 +324,7 @@ def restore(
     except KeyboardInterrupt:
         logger.error("interrupted; run the same command again to go on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    for line in restore_lines(report, options):
+    for line in output.restore_lines(report, options):
         typer.echo(printable(line))  # names from the bucket
         logger.info("%s", line)
     for line in output.problem_lines(report.problems, len(report.problems), log_path):
@@ -551,7 +551,7 @@ def status(
     Example: matricula-backup status --cache /var/lib/matricula-backup --json
     """
     from matricula_backup.config import load_settings
-    from matricula_backup.status import read_status, status_lines
+    from matricula_backup.status import read_status
 
     cache, _log_path = _start(cache, False)
     try:
@@ -564,7 +564,7 @@ def status(
     if as_json:
         typer.echo(json.dumps(asdict(current), indent=2))
     else:
-        for line in status_lines(current):
+        for line in output.status_lines(current):
             typer.echo(printable(line))
 
 
@@ -578,7 +578,7 @@ def history(
 
     Example: matricula-backup history --cache /var/lib/matricula-backup --last 30
     """
-    from matricula_backup.status import history_lines, read_history
+    from matricula_backup.status import read_history
 
     cache, _log_path = _start(cache, False)
     with _fatal_errors_exit():
@@ -586,7 +586,7 @@ def history(
     if as_json:
         typer.echo(json.dumps([asdict(run) for run in runs], indent=2))
     else:
-        for line in history_lines(runs):
+        for line in output.history_lines(runs):
             typer.echo(printable(line))
 
 

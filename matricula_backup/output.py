@@ -11,19 +11,23 @@ Only light modules are imported at load: ``--version`` must stay fast (issue 13)
 from __future__ import annotations
 
 import shlex
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from matricula_backup import pricing
 from matricula_backup.escape import printable
 from matricula_backup.pricing import cost_lines
-from matricula_backup.report import folder_line, run_line
+from matricula_backup.report import folder_line, human_bytes, run_line
 
 if TYPE_CHECKING:
     from matricula_backup.config import ObjectLock
     from matricula_backup.folders import BackupFolder
     from matricula_backup.pricing import Prices
     from matricula_backup.report import RunReport
+    from matricula_backup.restore import RestoreOptions, RestoreReport
+    from matricula_backup.status import FolderStatus, HistoryRun, Status
     from matricula_backup.verify import FolderCheck, VerifyReport
 
 SHOWN_PROBLEMS = 20  # on stderr; the log has them all
@@ -119,3 +123,147 @@ def scrub_accepted_line(full: str, sha256: bytes) -> str:
 
 def drill_none_due_line(every: int | None) -> str:
     return f"drill: none due (the last one started less than {every} days ago)"
+
+
+def restore_lines(report: RestoreReport, options: RestoreOptions) -> list[str]:
+    """The summary a person reads after each restore run."""
+    gib = pricing.GB
+    when = f" as of {options.at:%Y-%m-%d %H:%M:%S %Z}" if options.at else ""
+    if options.deleted:
+        when = " deleted (each as it was before its deletion)"
+    lines = [f"selected: {report.selected} files ({report.selected_bytes / gib:.2f} GiB){when}"]
+    if options.dry_run:
+        lines.append(
+            f"to restore from Deep Archive: {report.to_request} files "
+            f"({report.to_request_bytes / gib:.2f} GiB) not downloaded yet"
+        )
+        return lines + _cost_lines(report, options)
+    lines += [
+        f"already in place: {report.present}; newer local files kept: {report.kept_newer}",
+        f"restore requested now: {report.requested} files "
+        f"({report.requested_bytes / gib:.2f} GiB, {options.tier} tier)",
+        f"still being restored by S3: {report.in_progress} files "
+        f"({report.in_progress_bytes / gib:.2f} GiB)",
+        f"downloaded and verified: {report.downloaded} files "
+        f"({report.downloaded_bytes / gib:.2f} GiB)",
+    ]
+    if report.requested:
+        lines += _cost_lines(report, options)
+    if report.requested or report.in_progress:
+        lines.append(
+            f"not finished: run the same command again in a few hours (S3 needs up to "
+            f"{pricing.RESTORE_HOURS[options.tier]} hours for the {options.tier} tier); it "
+            "downloads what has become readable and asks for nothing twice"
+        )
+    elif not report.problems:
+        lines.append("restore complete")
+    return lines
+
+
+def _cost_lines(report: RestoreReport, options: RestoreOptions) -> list[str]:
+    """What the restore costs at Deep Archive prices (see pricing.py)."""
+    tier = options.tier
+    objects, size = (
+        (report.to_request, report.to_request_bytes)
+        if options.dry_run
+        else (report.requested, report.requested_bytes)
+    )
+    verb = "would cost" if options.dry_run else "cost"
+    cost = pricing.usd(options.prices.restore_cost(tier, objects, size))
+    return [
+        f"restore requests ({tier}): {objects} objects, {size / pricing.GB:.2f} GiB "
+        f"{verb} about {cost}; S3 makes them "
+        f"readable within {pricing.RESTORE_HOURS[tier]} hours for {options.days} days",
+        f"downloading them: about {pricing.usd(options.prices.download_cost(objects, size))} "
+        "(GET requests and transfer out of AWS)",
+    ]
+
+
+def fixity_line(entry: FolderStatus, scrub_days: int) -> str:
+    share = 100 * entry.scrubbed_recently / entry.files_backed_up if entry.files_backed_up else 0
+    drill = "none"
+    if entry.last_drill_id is not None:
+        drill = (
+            f"#{entry.last_drill_id} {entry.last_drill_outcome} {_when(entry.last_drill_at)} "
+            f"({entry.last_drill_objects - entry.last_drill_failed} of "
+            f"{entry.last_drill_objects} objects of this folder identical)"
+        )
+    held = f"; {entry.held} files HELD (fixity failure: see scrub)" if entry.held else ""
+    return (
+        f"{entry.folder}: scrubbed within {scrub_days} days: {entry.scrubbed_recently} of "
+        f"{entry.files_backed_up} files ({share:.0f}%){held}; last drill {drill}; last "
+        f"verify --deep {_when(entry.last_deep_verify_at)}"
+    )
+
+
+_STATE_LINES = {
+    "missing": "MISSING (not mounted?): in config.json but its directory is not there; "
+    "last successful backup {when}",
+    "gone": "GONE: config.json no longer backs it up; last successful backup {when}. Run "
+    "matricula-backup forget for it if that is on purpose (its bucket stays)",
+}
+
+
+def status_lines(status: Status) -> list[str]:
+    if not status.folders and status.last_run is None:
+        return [f"{status.database}: no backup has run yet"]
+    lines = []
+    for entry in status.folders:
+        if entry.state in _STATE_LINES:
+            lines.append(
+                f"{entry.folder} -> s3://{entry.bucket}: "
+                + _STATE_LINES[entry.state].format(when=_when(entry.last_backup_at))
+            )
+        lines.append(
+            f"{entry.folder} -> s3://{entry.bucket}: {entry.files_backed_up} files "
+            f"({human_bytes(entry.bytes_backed_up)}) backed up; {entry.pending_uploads} to upload "
+            f"({human_bytes(entry.pending_upload_bytes)}), {entry.failed_uploads} failed uploads, "
+            f"{entry.failed_deletes} failed deletes; last upload {_when(entry.last_upload_at)}"
+        )
+        lines.append(fixity_line(entry, status.scrub_days))
+    for label, run in (
+        ("last run", status.last_run),
+        ("last successful run", status.last_successful_run),
+        ("last killed run", status.last_killed_run),
+    ):
+        if run is None and label == "last killed run":
+            continue
+        if run is None:
+            lines.append(f"{label}: none")
+        else:
+            took = f", took {run.duration_seconds} s" if run.duration_seconds is not None else ""
+            if run.process_gone:
+                took = " (its process is gone: killed; the next run records it as killed)"
+            lines.append(
+                f"{label}: #{run.id} started {_when(run.started_at)}{took}, {run.outcome}, "
+                f"{run.files_uploaded} files uploaded, {run.errors} errors"
+            )
+    return lines
+
+
+def history_lines(runs: list[HistoryRun]) -> list[str]:
+    if not runs:
+        return ["no backup has run yet"]
+    lines = []
+    for run in runs:
+        if run.finished_at:
+            took = f"{run.finished_at - run.started_at} s"
+        else:
+            took = "did not finish" if run.outcome == "killed" else "still running?"
+        lines.append(
+            f"#{run.id} {_when(run.started_at)} {run.mode} {run.outcome} ({took}): "
+            f"{run.files_uploaded} files ({human_bytes(run.bytes_uploaded)}) uploaded, "
+            f"{run.files_deleted} deleted, {run.errors} errors, {run.s3_requests} S3 requests"
+        )
+        for entry in run.folders:
+            lines.append(
+                f"    {entry.folder}: {entry.files_seen} files, {entry.files_uploaded} uploaded "
+                f"({human_bytes(entry.bytes_uploaded)}), {entry.files_deleted} deleted, "
+                f"{entry.files_same_content} unchanged (only touched), {entry.errors} errors, "
+                f"{entry.s3_requests} requests"
+            )
+    return lines
+
+
+def _when(seconds: int | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "never"
