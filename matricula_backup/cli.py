@@ -438,18 +438,13 @@ def scrub(
             typer.echo(printable(line))
     for problem in [f.message() for f in report.failures] + report.unreadable:
         typer.echo(f"error: {printable(problem)}", err=True)
-    if report.failures and settings.webhook:
-        title = f"Matricula scrub on {socket.gethostname()}: {len(report.failures)} fixity failures"
-        intro = (
-            "These files changed on the image server although their size and mtime did not "
-            "(bit rot or tampering). They are held: no run uploads them over the good copy. "
-            "Restore the good copy with the command below, or run matricula-backup scrub "
-            "--accept PATH if the new bytes are right."
+    if report.failures:
+        notify.tell_scrub_failures(
+            settings.webhook,
+            len(report.failures),
+            scrub_card_items(report),
+            log_path or cache / LOG_NAME,
         )
-        card = notify.fixity_card(
-            title, "Attention", intro, scrub_card_items(report), log_path or cache / LOG_NAME
-        )
-        notify.send(settings.webhook, card)
     raise typer.Exit(EXIT_WITH_ERRORS if report.failures or report.unreadable else EXIT_OK)
 
 
@@ -516,26 +511,16 @@ def drill(
         logger.info("%s", line)
         if not quiet or failed:
             typer.echo(printable(line), err=line.startswith(("failed:", "error:")))
-    if current.finished and settings.webhook:
-        verdict = "passed" if current.passed else "FAILED"
-        title = (
-            f"Matricula restore drill on {socket.gethostname()} {verdict}: "
-            f"{current.checked - len(current.failed)} of {len(current.objects)} identical"
-        )
-        intro = (
-            f"{len(current.objects)} random objects were restored from Deep Archive "
-            f"({current.tier} tier) and compared with the SHA-256 recorded at upload and with "
-            "the local files."
-            + ("" if current.passed else " These failed: find out why before relying on them.")
-        )
-        card = notify.fixity_card(
-            title,
-            "Good" if current.passed else "Attention",
-            intro,
+    if current.finished:
+        notify.tell_drill(
+            settings.webhook,
+            current.passed,
+            current.checked - len(current.failed),
+            len(current.objects),
+            current.tier,
             drill_card_items(current),
             log_path or cache / LOG_NAME,
         )
-        notify.send(settings.webhook, card)
     raise typer.Exit(EXIT_WITH_ERRORS if failed else EXIT_OK)
 
 

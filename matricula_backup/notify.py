@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -318,3 +319,45 @@ def tell_fatal(
     report = RunReport(reset=reset)
     report.add_problem(Problem("(whole run)", "run", f"the backup could not run: {exc}"))
     tell_errors(webhook, report, log_path)
+
+
+def tell_scrub_failures(
+    webhook: str | None, failures: int, items: list[CardItem], log_path: Path
+) -> None:
+    """A scrub found files whose bytes changed: Teams gets each one and its repair command."""
+    if not webhook:
+        return
+    title = f"Matricula scrub on {socket.gethostname()}: {failures} fixity failures"
+    intro = (
+        "These files changed on the image server although their size and mtime did not "
+        "(bit rot or tampering). They are held: no run uploads them over the good copy. "
+        "Restore the good copy with the command below, or run matricula-backup scrub "
+        "--accept PATH if the new bytes are right."
+    )
+    send(webhook, fixity_card(title, "Attention", intro, items, log_path))
+
+
+def tell_drill(
+    webhook: str | None,
+    passed: bool,
+    identical: int,
+    objects: int,
+    tier: str,
+    items: list[CardItem],
+    log_path: Path,
+) -> None:
+    """A restore drill finished: one card, passed or failed."""
+    if not webhook:
+        return
+    verdict = "passed" if passed else "FAILED"
+    title = (
+        f"Matricula restore drill on {socket.gethostname()} {verdict}: "
+        f"{identical} of {objects} identical"
+    )
+    intro = (
+        f"{objects} random objects were restored from Deep Archive "
+        f"({tier} tier) and compared with the SHA-256 recorded at upload and with "
+        "the local files."
+        + ("" if passed else " These failed: find out why before relying on them.")
+    )
+    send(webhook, fixity_card(title, "Good" if passed else "Attention", intro, items, log_path))
