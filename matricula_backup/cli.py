@@ -11,31 +11,19 @@ import contextlib
 import json
 import logging
 import os
-import shlex
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from matricula_backup import __version__, config_alert, iam, interrupt, notify, online
-from matricula_backup.config import (
-    CONFIG_NAME,
-    ObjectLock,
-    Settings,
-    load_settings,
-    redact_url,
-    template,
-)
-from matricula_backup.drill import advance as drill_advance
-from matricula_backup.drill import card_items as drill_card_items
-from matricula_backup.drill import cost_line as drill_cost_line
-from matricula_backup.drill import drill_lines
-from matricula_backup.drill import start_or_resume as drill_start
+# Only what every command needs is imported here: `--version` and `--help` must not
+# pay for SQLAlchemy, boto3, httpx, pydantic or rich (issue 13: start-up). Each
+# command imports the rest in its body.
+from matricula_backup import __version__, iam, interrupt, output
 from matricula_backup.errors import (
     EXIT_COULD_NOT_RUN,
     EXIT_INTERRUPTED,
@@ -46,33 +34,17 @@ from matricula_backup.errors import (
     LockHeld,
 )
 from matricula_backup.escape import printable
-from matricula_backup.folders import BackupFolder, backup_folders, bucket_name
-from matricula_backup.forget import forget_lines, gone_paths, run_forget
 from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
-from matricula_backup.pricing import cost_lines
-from matricula_backup.progress import TerminalProgress
-from matricula_backup.report import Problem, RunReport, folder_line, run_line
-from matricula_backup.restore import TIERS, RestoreOptions, parse_at, restore_lines, run_restore
-from matricula_backup.run import RunOptions, run_backup
-from matricula_backup.s3.buckets import enable_lock_command
-from matricula_backup.scrub import accept as run_scrub_accept
-from matricula_backup.scrub import card_items as scrub_card_items
-from matricula_backup.scrub import run_scrub, scrub_lines
-from matricula_backup.status import (
-    history_lines,
-    read_history,
-    read_status,
-    recorded_buckets,
-    status_lines,
-    unlocked_buckets,
-)
-from matricula_backup.verify import run_verify
+from matricula_backup.report import Problem, RunReport, run_line
+
+if TYPE_CHECKING:
+    from matricula_backup import online
+    from matricula_backup.config import ObjectLock, Settings
+    from matricula_backup.folders import BackupFolder
 
 logger = logging.getLogger("matricula_backup")
-
-SHOWN_PROBLEMS = 20  # on stderr; the log has them all
 
 app = typer.Typer(
     add_completion=False,
@@ -168,6 +140,10 @@ def backup(
     """
     if ctx.invoked_subcommand is not None:
         return
+    from matricula_backup import config_alert, notify
+    from matricula_backup.progress import TerminalProgress
+    from matricula_backup.run import RunOptions, run_backup
+
     cache, log_path = _start(cache, verbose)
     settings: Settings | None = None
     try:
@@ -198,8 +174,16 @@ def backup(
         if settings is None and isinstance(exc, ConfigError) and not dry_run:
             # config.json did not load: Teams is told if its webhook can be read.
             config_alert.tell_teams(cache, str(exc), log_path or cache / LOG_NAME)
-        if settings is not None and not dry_run and _worth_telling(exc, settings):
-            _notify(settings, _fatal_report(exc, reset), log_path or cache / LOG_NAME)
+        if settings is not None and not dry_run:
+            notify.tell_fatal(
+                settings.webhook,
+                exc,
+                reset,
+                log_path or cache / LOG_NAME,
+                lock_held=isinstance(exc, LockHeld),
+                held_since=exc.since if isinstance(exc, LockHeld) else None,
+                stuck_after_hours=settings.stuck_after_hours,
+            )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         logger.error("interrupted; what S3 confirmed so far is recorded")
@@ -207,30 +191,22 @@ def backup(
     except Exception as exc:  # a bug: keep the traceback in the log, tell Teams
         logger.exception("internal error")
         if settings is not None and not dry_run:
-            _notify(settings, _fatal_report(exc, reset), log_path or cache / LOG_NAME)
+            notify.tell_fatal(settings.webhook, exc, reset, log_path or cache / LOG_NAME)
         typer.echo(
             f"internal error: {type(exc).__name__}: {exc} (traceback in {log_path})", err=True
         )
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
 
-    summary = run_line(report)
     if not quiet:
-        for entry in report.folders:
-            typer.echo(folder_line(entry, dry_run))
-        typer.echo(summary)
-        for line in cost_lines(report, settings.prices, report.requests_by_operation):
+        for line in output.backup_lines(report, dry_run, settings.prices):
             typer.echo(line)
-        for warning in report.warnings:
-            typer.echo(f"warning: {warning}")
-    logger.info("%s", summary)
-    for problem in report.problems[:SHOWN_PROBLEMS]:
-        typer.echo(f"error: {problem}", err=True)
-    if report.error_count > SHOWN_PROBLEMS:
-        typer.echo(f"... {report.error_count - SHOWN_PROBLEMS} more errors in {log_path}", err=True)
-    if report.error_count and not dry_run:
-        _notify(settings, report, log_path or cache / LOG_NAME)
-    elif settings.notify_on_success and settings.webhook and not dry_run:
-        notify.send(settings.webhook, notify.success_card(report, log_path or cache / LOG_NAME))
+    logger.info("%s", run_line(report))
+    for line in output.problem_lines(report.problems, report.error_count, log_path):
+        typer.echo(line, err=True)
+    if not dry_run:
+        notify.tell_run(
+            settings.webhook, report, log_path or cache / LOG_NAME, settings.notify_on_success
+        )
     raise typer.Exit(EXIT_WITH_ERRORS if report.error_count else EXIT_OK)
 
 
@@ -305,6 +281,8 @@ def restore(
 
     Example: matricula-backup restore --cache /var/lib/matricula-backup /images/Taufbuch
     """
+    from matricula_backup.restore import TIERS, RestoreOptions, parse_at, run_restore
+
     umask = current_umask()  # the user's, for restored files; _start sets the tool's own
     cache, log_path = _start(cache, verbose)
     if tier.lower() not in TIERS:
@@ -346,15 +324,11 @@ def restore(
     except KeyboardInterrupt:
         logger.error("interrupted; run the same command again to go on")
         raise typer.Exit(EXIT_INTERRUPTED) from None
-    for line in restore_lines(report, options):
+    for line in output.restore_lines(report, options):
         typer.echo(printable(line))  # names from the bucket
         logger.info("%s", line)
-    for problem in report.problems[:SHOWN_PROBLEMS]:
-        typer.echo(f"error: {problem}", err=True)
-    if len(report.problems) > SHOWN_PROBLEMS:
-        typer.echo(
-            f"... {len(report.problems) - SHOWN_PROBLEMS} more errors in {log_path}", err=True
-        )
+    for line in output.problem_lines(report.problems, len(report.problems), log_path):
+        typer.echo(line, err=True)
     raise typer.Exit(EXIT_WITH_ERRORS if report.problems else EXIT_OK)
 
 
@@ -384,28 +358,26 @@ def verify(
 
     Example: matricula-backup verify --cache /var/lib/matricula-backup --deep
     """
+    from matricula_backup import notify
+    from matricula_backup.verify import run_verify
+
     cache, log_path = _start(cache, verbose)
     with _fatal_errors_exit():
         settings = _load(cache)
         with exclusive_lock(cache):
             report = run_verify(settings, deep)
     for check in [] if quiet else report.folders:
-        typer.echo(
-            f"{printable(check.folder)} -> s3://{check.bucket}: {check.rows} files in state.db, "
-            f"{check.objects} objects in the bucket"
-            + (f", {check.checked_checksums} checksums checked" if deep else "")
-            + (f"; {check.requeued} queued for upload" if check.requeued else "")
-        )
+        typer.echo(output.verify_check_line(check, deep))
     for finding in report.findings:
         logger.warning("%s", finding)
-    for finding in report.findings[: SHOWN_PROBLEMS * 5]:
-        typer.echo(f"finding: {printable(str(finding))}")  # keys come from the bucket
+    for line in output.verify_finding_lines(report):
+        typer.echo(line)
     if not quiet or report.findings:
-        typer.echo(f"verify: {len(report.folders)} folders, {len(report.findings)} findings")
+        typer.echo(output.verify_summary(report))
     if report.findings:  # the weekly verify runs unattended: tell Teams, as a run would
         told = RunReport(folders=[], error_count=len(report.findings))
         told.problems = [Problem(f.folder, "verify", str(f)) for f in report.findings[:1000]]
-        _notify(settings, told, log_path or cache / LOG_NAME)
+        notify.tell_errors(settings.webhook, told, log_path or cache / LOG_NAME)
     raise typer.Exit(EXIT_WITH_ERRORS if report.findings else EXIT_OK)
 
 
@@ -441,18 +413,18 @@ def scrub(
 
     Example: matricula-backup scrub --cache /var/lib/matricula-backup --max-minutes 120
     """
+    from matricula_backup import notify
+    from matricula_backup.scrub import accept as run_scrub_accept
+    from matricula_backup.scrub import card_items as scrub_card_items
+    from matricula_backup.scrub import run_scrub, scrub_lines
+
     cache, log_path = _start(cache, verbose)
     with _fatal_errors_exit():
         settings = _load(cache)
         with exclusive_lock(cache):
             if accept is not None:
                 full, ended = run_scrub_accept(settings, accept)
-                typer.echo(
-                    printable(
-                        f"accepted: {full}: the next run uploads its new bytes "
-                        f"(sha256 {ended.found_sha256.hex()})"
-                    )
-                )
+                typer.echo(output.scrub_accepted_line(full, ended.found_sha256))
                 logger.warning("scrub --accept %s: the new bytes are accepted", full)
                 raise typer.Exit(EXIT_OK)
             try:
@@ -466,18 +438,13 @@ def scrub(
             typer.echo(printable(line))
     for problem in [f.message() for f in report.failures] + report.unreadable:
         typer.echo(f"error: {printable(problem)}", err=True)
-    if report.failures and settings.webhook:
-        title = f"Matricula scrub on {socket.gethostname()}: {len(report.failures)} fixity failures"
-        intro = (
-            "These files changed on the image server although their size and mtime did not "
-            "(bit rot or tampering). They are held: no run uploads them over the good copy. "
-            "Restore the good copy with the command below, or run matricula-backup scrub "
-            "--accept PATH if the new bytes are right."
+    if report.failures:
+        notify.tell_scrub_failures(
+            settings.webhook,
+            len(report.failures),
+            scrub_card_items(report),
+            log_path or cache / LOG_NAME,
         )
-        card = notify.fixity_card(
-            title, "Attention", intro, scrub_card_items(report), log_path or cache / LOG_NAME
-        )
-        notify.send(settings.webhook, card)
     raise typer.Exit(EXIT_WITH_ERRORS if report.failures or report.unreadable else EXIT_OK)
 
 
@@ -511,6 +478,14 @@ def drill(
 
     Example: matricula-backup drill --cache /var/lib/matricula-backup --sample 20
     """
+    from matricula_backup import notify
+    from matricula_backup.drill import advance as drill_advance
+    from matricula_backup.drill import card_items as drill_card_items
+    from matricula_backup.drill import cost_line as drill_cost_line
+    from matricula_backup.drill import drill_lines
+    from matricula_backup.drill import start_or_resume as drill_start
+    from matricula_backup.restore import TIERS
+
     cache, log_path = _start(cache, verbose)
     if tier.lower() not in TIERS:
         typer.echo(f"--tier {tier!r}: use bulk or standard", err=True)
@@ -521,7 +496,7 @@ def drill(
             current = drill_start(settings, sample, TIERS[tier.lower()], every)
             if current is None:
                 if not quiet:
-                    typer.echo(f"drill: none due (the last one started less than {every} days ago)")
+                    typer.echo(output.drill_none_due_line(every))
                 raise typer.Exit(EXIT_OK)
             logger.info("%s", drill_cost_line(current))
             if not quiet:
@@ -536,26 +511,16 @@ def drill(
         logger.info("%s", line)
         if not quiet or failed:
             typer.echo(printable(line), err=line.startswith(("failed:", "error:")))
-    if current.finished and settings.webhook:
-        verdict = "passed" if current.passed else "FAILED"
-        title = (
-            f"Matricula restore drill on {socket.gethostname()} {verdict}: "
-            f"{current.checked - len(current.failed)} of {len(current.objects)} identical"
-        )
-        intro = (
-            f"{len(current.objects)} random objects were restored from Deep Archive "
-            f"({current.tier} tier) and compared with the SHA-256 recorded at upload and with "
-            "the local files."
-            + ("" if current.passed else " These failed: find out why before relying on them.")
-        )
-        card = notify.fixity_card(
-            title,
-            "Good" if current.passed else "Attention",
-            intro,
+    if current.finished:
+        notify.tell_drill(
+            settings.webhook,
+            current.passed,
+            current.checked - len(current.failed),
+            len(current.objects),
+            current.tier,
             drill_card_items(current),
             log_path or cache / LOG_NAME,
         )
-        notify.send(settings.webhook, card)
     raise typer.Exit(EXIT_WITH_ERRORS if failed else EXIT_OK)
 
 
@@ -570,6 +535,9 @@ def status(
 
     Example: matricula-backup status --cache /var/lib/matricula-backup --json
     """
+    from matricula_backup.config import load_settings
+    from matricula_backup.status import read_status
+
     cache, _log_path = _start(cache, False)
     try:
         settings: Settings | None = load_settings(cache)  # to tell missing and gone folders
@@ -581,7 +549,7 @@ def status(
     if as_json:
         typer.echo(json.dumps(asdict(current), indent=2))
     else:
-        for line in status_lines(current):
+        for line in output.status_lines(current):
             typer.echo(printable(line))
 
 
@@ -595,13 +563,15 @@ def history(
 
     Example: matricula-backup history --cache /var/lib/matricula-backup --last 30
     """
+    from matricula_backup.status import read_history
+
     cache, _log_path = _start(cache, False)
     with _fatal_errors_exit():
         runs = read_history(cache, last)
     if as_json:
         typer.echo(json.dumps([asdict(run) for run in runs], indent=2))
     else:
-        for line in history_lines(runs):
+        for line in output.history_lines(runs):
             typer.echo(printable(line))
 
 
@@ -628,6 +598,8 @@ def forget_command(
 
     Example: matricula-backup forget --cache /var/lib/matricula-backup /images/archive/Graz
     """
+    from matricula_backup.forget import forget_lines, run_forget
+
     cache, _log_path = _start(cache, False)
     selected = [os.path.normpath(path.absolute()) for path in paths]
     with _fatal_errors_exit():
@@ -651,6 +623,8 @@ def init(cache: CacheOption = None) -> None:
 
     Example: matricula-backup init --cache /var/lib/matricula-backup
     """
+    from matricula_backup.config import CONFIG_NAME, template
+
     if cache is not None and not cache.absolute().exists():
         _create_cache_dir(cache.absolute())
     cache, _log_path = _start(cache, False)
@@ -663,10 +637,7 @@ def init(cache: CacheOption = None) -> None:
     with os.fdopen(fd, "w") as handle:
         json.dump(template(), handle, indent=2)
         handle.write("\n")
-    typer.echo(
-        f"wrote {path}: set backup.folders / backup.roots and the aws and notification "
-        f"keys (see the README), then run: matricula-backup check-config --cache {cache}"
-    )
+    typer.echo(output.init_line(path, cache))
 
 
 @app.command("config-schema")
@@ -699,31 +670,30 @@ def check_config(
 
     Example: matricula-backup check-config --online --cache /var/lib/matricula-backup
     """
+    from matricula_backup.config import redact_url
+    from matricula_backup.folders import backup_folders, bucket_name
+    from matricula_backup.forget import gone_paths
+    from matricula_backup.status import recorded_buckets
+
     cache, _log_path = _start(cache, False)
     with _fatal_errors_exit():
         settings = _load(cache)
         folders, problems = backup_folders(settings)
         recorded = recorded_buckets(cache)
     for folder in folders:
-        state = "" if folder.path.is_dir() else "  (missing: not mounted?)"
         bucket = recorded.get(str(folder.path)) or bucket_name(folder.path, settings.bucket_prefix)
-        typer.echo(f"{printable(str(folder.path))} ({folder.source}) -> bucket {bucket}{state}")
+        typer.echo(output.config_folder_line(folder, bucket))
     for problem in problems:
         typer.echo(f"problem: {printable(problem.message)}", err=True)
     for path in gone_paths(settings, folders, sorted(recorded)):
         problems.append(Problem(path, "config", "gone"))
-        typer.echo(
-            f"problem: {printable(path)} (bucket {recorded[path]}) is recorded in state.db but no "
-            f"longer a backup folder: every run reports it until: matricula-backup forget "
-            f"--cache {cache} {printable(shlex.quote(path))}",
-            err=True,
-        )
+        typer.echo(output.gone_folder_line(path, recorded[path], cache), err=True)
     if settings.object_lock is not None:
         for line in _object_lock_advice(cache, settings.object_lock):
             typer.echo(line)
     missing = [folder for folder in folders if not folder.path.is_dir()]
     webhook = redact_url(settings.webhook) if settings.webhook else "none (errors are only logged)"
-    typer.echo(f"config.json is valid: {len(folders)} backup folders, webhook {webhook}")
+    typer.echo(output.config_valid_line(len(folders), webhook))
     checks = _online_checks(settings, folders, recorded) if online else []
     for check in checks:
         typer.echo(str(check), err=not check.ok)
@@ -736,6 +706,9 @@ def _online_checks(
 ) -> list[online.Check]:
     """One request to S3 (a bucket of ours, or one named like a configured path), one to
     the webhook's host."""
+    from matricula_backup import online
+    from matricula_backup.folders import bucket_name
+
     first = folders[0].path if folders else (settings.folders + settings.roots)[0]
     bucket = recorded.get(str(first)) or bucket_name(first, settings.bucket_prefix)
     checks = [online.check_s3(settings, bucket)]
@@ -748,19 +721,11 @@ def _online_checks(
 
 def _object_lock_advice(cache: Path, lock: ObjectLock) -> list[str]:
     """For buckets that hold files uploaded without a retention: how to turn Object Lock on."""
-    lines = [
-        f"Object Lock: new buckets get {lock.mode} {lock.days} days; every upload is locked "
-        f"that long and extended when fewer than {lock.renew_days} days remain"
-    ]
-    for bucket in unlocked_buckets(cache):
-        lines.append(
-            f"Object Lock: bucket {bucket} has not been seen with Object Lock on. If it has "
-            "none (verify says so), enable it (a versioned bucket allows it; it cannot be "
-            f"turned off again): {enable_lock_command(bucket, lock)} - once a verify or a "
-            "run that works on the bucket has seen it on, the next run locks the versions "
-            "already in it too"
-        )
-    return lines
+    from matricula_backup.s3.buckets import enable_lock_command
+    from matricula_backup.status import unlocked_buckets
+
+    unlocked = [(bucket, enable_lock_command(bucket, lock)) for bucket in unlocked_buckets(cache)]
+    return output.object_lock_lines(lock, unlocked)
 
 
 @app.command("iam-policy")
@@ -810,6 +775,9 @@ def notify_test(cache: CacheOption = None) -> None:
 
     Example: matricula-backup notify-test --cache /var/lib/matricula-backup
     """
+    from matricula_backup import notify
+    from matricula_backup.config import CONFIG_NAME, redact_url
+
     cache, _log_path = _start(cache, False)
     with _fatal_errors_exit():
         settings = _load(cache)
@@ -871,6 +839,8 @@ def _start(cache: Path | None, verbose: bool) -> tuple[Path, Path | None]:
 
 
 def _load(cache: Path) -> Settings:
+    from matricula_backup.config import load_settings
+
     settings = load_settings(cache)
     for warning in settings.warnings:
         logger.warning("%s", warning)
@@ -886,26 +856,6 @@ def _fatal_errors_exit() -> Iterator[None]:
     except FatalError as exc:
         logger.error("%s", exc)
         raise typer.Exit(exc.exit_code) from None
-
-
-def _worth_telling(exc: FatalError, settings: Settings) -> bool:
-    """Every fatal error goes to Teams, but a held lock only once it looks stuck."""
-    if not isinstance(exc, LockHeld):
-        return True
-    return exc.since is not None and time.time() - exc.since > settings.stuck_after_hours * 3600
-
-
-def _fatal_report(exc: Exception, reset: bool) -> RunReport:
-    report = RunReport(reset=reset)
-    report.add_problem(Problem("(whole run)", "run", f"the backup could not run: {exc}"))
-    return report
-
-
-def _notify(settings: Settings, report: RunReport, log_path: Path) -> None:
-    if not settings.webhook:
-        logger.warning("no notification.webhook in config.json: nobody is told of these errors")
-        return
-    notify.send(settings.webhook, notify.failure_card(report, log_path))
 
 
 def main() -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
@@ -20,7 +22,7 @@ from urllib.parse import quote, unquote, urlsplit
 import httpx
 
 from matricula_backup.escape import REDACTED, printable, redact, redact_url
-from matricula_backup.report import RunReport, human_bytes
+from matricula_backup.report import Problem, RunReport, human_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -275,3 +277,86 @@ def fixity_card(
         )
     body.append({"type": "TextBlock", "wrap": True, "isSubtle": True, "text": f"Log: {log_path}"})
     return _envelope(body)
+
+
+# Who is told, and when. cli.py only says what happened; these decide whether Teams
+# hears of it and with which card.
+
+
+def tell_run(webhook: str | None, report: RunReport, log_path: Path, on_success: bool) -> None:
+    """The end of a run: errors always go to Teams; a clean run only with
+    notification.on_success."""
+    if report.error_count:
+        tell_errors(webhook, report, log_path)
+    elif on_success and webhook:
+        send(webhook, success_card(report, log_path))
+
+
+def tell_errors(webhook: str | None, report: RunReport, log_path: Path) -> None:
+    """A failure card; without a webhook, a warning in the log that nobody is told."""
+    if not webhook:
+        logger.warning("no notification.webhook in config.json: nobody is told of these errors")
+        return
+    send(webhook, failure_card(report, log_path))
+
+
+def tell_fatal(
+    webhook: str | None,
+    exc: BaseException,
+    reset: bool,
+    log_path: Path,
+    *,
+    lock_held: bool = False,
+    held_since: float | None = None,
+    stuck_after_hours: float = 0.0,
+) -> None:
+    """The backup could not run: Teams is told, except of a lock held by another run
+    (normal while that run works) until the holder looks stuck: held for longer than
+    notification.stuck_after_hours (a holder whose start is unknown never looks stuck)."""
+    if lock_held and (held_since is None or time.time() - held_since <= stuck_after_hours * 3600):
+        return
+    report = RunReport(reset=reset)
+    report.add_problem(Problem("(whole run)", "run", f"the backup could not run: {exc}"))
+    tell_errors(webhook, report, log_path)
+
+
+def tell_scrub_failures(
+    webhook: str | None, failures: int, items: list[CardItem], log_path: Path
+) -> None:
+    """A scrub found files whose bytes changed: Teams gets each one and its repair command."""
+    if not webhook:
+        return
+    title = f"Matricula scrub on {socket.gethostname()}: {failures} fixity failures"
+    intro = (
+        "These files changed on the image server although their size and mtime did not "
+        "(bit rot or tampering). They are held: no run uploads them over the good copy. "
+        "Restore the good copy with the command below, or run matricula-backup scrub "
+        "--accept PATH if the new bytes are right."
+    )
+    send(webhook, fixity_card(title, "Attention", intro, items, log_path))
+
+
+def tell_drill(
+    webhook: str | None,
+    passed: bool,
+    identical: int,
+    objects: int,
+    tier: str,
+    items: list[CardItem],
+    log_path: Path,
+) -> None:
+    """A restore drill finished: one card, passed or failed."""
+    if not webhook:
+        return
+    verdict = "passed" if passed else "FAILED"
+    title = (
+        f"Matricula restore drill on {socket.gethostname()} {verdict}: "
+        f"{identical} of {objects} identical"
+    )
+    intro = (
+        f"{objects} random objects were restored from Deep Archive "
+        f"({tier} tier) and compared with the SHA-256 recorded at upload and with "
+        "the local files."
+        + ("" if passed else " These failed: find out why before relying on them.")
+    )
+    send(webhook, fixity_card(title, "Good" if passed else "Attention", intro, items, log_path))

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-from matricula_backup.report import RunReport, human_bytes
-
 GB = 1024**3
 KB = 1024
 # Each archived object carries 40 KB of S3 metadata: 8 KB billed at STANDARD,
@@ -78,61 +76,6 @@ BILLED_AS_PUT = {
     "PutObjectLockConfiguration",
     "PutObjectRetention",  # extending Object Lock: one per current version when due
 }
-
-
-def cost_lines(run: RunReport, prices: Prices, requests_by_operation: dict[str, int]) -> list[str]:
-    """What this run costs (or would cost) and what the archive costs per month."""
-    total = run.totals()
-    if run.dry_run:
-        # One PUT per file; multipart files need a few more (not known before reading them).
-        # Files whose mtime alone changed are only read, unless their bytes differ.
-        puts = total.to_upload - total.to_check + total.to_extend
-        run_line = (
-            f"estimated cost of this run: {usd(prices.requests_cost(puts))} for about {puts} "
-            "PUT requests"
-            + (
-                f" ({total.to_extend} of them extend Object Lock retentions)"
-                if total.to_extend
-                else ""
-            )
-        )
-    else:
-        run_line = _run_cost_line(prices, requests_by_operation)
-        retention = requests_by_operation.get("PutObjectRetention", 0)
-        if retention:
-            run_line += f" ({retention} of them set Object Lock retentions)"
-    objects, size = total.files_seen, total.bytes_seen
-    lines = [
-        run_line,
-        f"archive: {objects} files, {human_bytes(size)}: about "
-        f"{usd(prices.archive_per_month(objects, size))} per month in Deep Archive "
-        "(current versions; replaced and deleted ones are kept 180 days more)",
-    ]
-    if objects and size / objects < 1024 * KB:
-        share = prices.archive_per_month(objects, 0) / prices.archive_per_month(objects, size)
-        lines.append(
-            f"note: the files average {human_bytes(size // objects)}: the 40 KB S3 keeps per "
-            f"object makes {share:.0%} of that storage bill, and uploading all of them once "
-            f"costs {usd(prices.requests_cost(objects))} in PUT requests"
-        )
-    return lines
-
-
-def _run_cost_line(prices: Prices, requests_by_operation: dict[str, int]) -> str:
-    """The requests of the summary line, split by what they cost: PUT/LIST, and the rest
-    (GET, HEAD: two orders cheaper; DELETE: free), counted at the GET price at most."""
-    total = sum(requests_by_operation.values())
-    if not total:
-        return "cost of this run: $0 (no S3 request)"
-    puts = sum(n for op, n in requests_by_operation.items() if op in BILLED_AS_PUT)
-    others = total - puts
-    cost = prices.requests_cost(puts) + others / 1000 * prices.get_per_1000
-    shown = f"about {usd(cost)}" if cost >= 0.00001 else "less than $0.00001"
-    return (
-        f"cost of this run: {shown} for its {total} S3 requests: {puts} PUT/LIST at "
-        f"{usd(prices.put_per_1000)} per 1,000 and {others} others (GET/HEAD at "
-        f"{usd(prices.get_per_1000)} per 1,000, DELETE free)"
-    )
 
 
 def usd(amount: float) -> str:

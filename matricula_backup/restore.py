@@ -747,60 +747,6 @@ def _where(item: _Item) -> tuple[str, str, str]:
     return item.bucket, item.key, item.version_id
 
 
-def restore_lines(report: RestoreReport, options: RestoreOptions) -> list[str]:
-    """The summary a person reads after each restore run."""
-    gib = pricing.GB
-    when = f" as of {options.at:%Y-%m-%d %H:%M:%S %Z}" if options.at else ""
-    if options.deleted:
-        when = " deleted (each as it was before its deletion)"
-    lines = [f"selected: {report.selected} files ({report.selected_bytes / gib:.2f} GiB){when}"]
-    if options.dry_run:
-        lines.append(
-            f"to restore from Deep Archive: {report.to_request} files "
-            f"({report.to_request_bytes / gib:.2f} GiB) not downloaded yet"
-        )
-        return lines + _cost_lines(report, options)
-    lines += [
-        f"already in place: {report.present}; newer local files kept: {report.kept_newer}",
-        f"restore requested now: {report.requested} files "
-        f"({report.requested_bytes / gib:.2f} GiB, {options.tier} tier)",
-        f"still being restored by S3: {report.in_progress} files "
-        f"({report.in_progress_bytes / gib:.2f} GiB)",
-        f"downloaded and verified: {report.downloaded} files "
-        f"({report.downloaded_bytes / gib:.2f} GiB)",
-    ]
-    if report.requested:
-        lines += _cost_lines(report, options)
-    if report.requested or report.in_progress:
-        lines.append(
-            f"not finished: run the same command again in a few hours (S3 needs up to "
-            f"{pricing.RESTORE_HOURS[options.tier]} hours for the {options.tier} tier); it "
-            "downloads what has become readable and asks for nothing twice"
-        )
-    elif not report.problems:
-        lines.append("restore complete")
-    return lines
-
-
-def _cost_lines(report: RestoreReport, options: RestoreOptions) -> list[str]:
-    """What the restore costs at Deep Archive prices (see pricing.py)."""
-    tier = options.tier
-    objects, size = (
-        (report.to_request, report.to_request_bytes)
-        if options.dry_run
-        else (report.requested, report.requested_bytes)
-    )
-    verb = "would cost" if options.dry_run else "cost"
-    cost = pricing.usd(options.prices.restore_cost(tier, objects, size))
-    return [
-        f"restore requests ({tier}): {objects} objects, {size / pricing.GB:.2f} GiB "
-        f"{verb} about {cost}; S3 makes them "
-        f"readable within {pricing.RESTORE_HOURS[tier]} hours for {options.days} days",
-        f"downloading them: about {pricing.usd(options.prices.download_cost(objects, size))} "
-        "(GET requests and transfer out of AWS)",
-    ]
-
-
 def parse_at(value: str) -> datetime:
     """'2026-11-20' or '2026-11-20T14:30:15' (local time of this machine) or with an
     offset, e.g. '...Z' or '...+01:00'."""

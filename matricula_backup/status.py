@@ -17,7 +17,6 @@ from matricula_backup.errors import ConfigError
 from matricula_backup.folders import backup_folders
 from matricula_backup.forget import gone_folders, known_folders
 from matricula_backup.lock import holder_gone
-from matricula_backup.report import human_bytes
 
 
 @dataclass
@@ -166,23 +165,6 @@ def _fixity(conn: Connection, entry: FolderStatus, settings: Settings | None) ->
     ).scalar()
 
 
-def fixity_line(entry: FolderStatus, scrub_days: int) -> str:
-    share = 100 * entry.scrubbed_recently / entry.files_backed_up if entry.files_backed_up else 0
-    drill = "none"
-    if entry.last_drill_id is not None:
-        drill = (
-            f"#{entry.last_drill_id} {entry.last_drill_outcome} {_when(entry.last_drill_at)} "
-            f"({entry.last_drill_objects - entry.last_drill_failed} of "
-            f"{entry.last_drill_objects} objects of this folder identical)"
-        )
-    held = f"; {entry.held} files HELD (fixity failure: see scrub)" if entry.held else ""
-    return (
-        f"{entry.folder}: scrubbed within {scrub_days} days: {entry.scrubbed_recently} of "
-        f"{entry.files_backed_up} files ({share:.0f}%){held}; last drill {drill}; last "
-        f"verify --deep {_when(entry.last_deep_verify_at)}"
-    )
-
-
 def _folder_states(conn: Connection, settings: Settings | None) -> dict[str, str] | None:
     if settings is None:
         return None
@@ -248,51 +230,6 @@ def _run(conn: Connection, where: str) -> RunInfo | None:
     return RunInfo(row[0], row[1], row[2], row[3], duration, row[4], row[5])
 
 
-_STATE_LINES = {
-    "missing": "MISSING (not mounted?): in config.json but its directory is not there; "
-    "last successful backup {when}",
-    "gone": "GONE: config.json no longer backs it up; last successful backup {when}. Run "
-    "matricula-backup forget for it if that is on purpose (its bucket stays)",
-}
-
-
-def status_lines(status: Status) -> list[str]:
-    if not status.folders and status.last_run is None:
-        return [f"{status.database}: no backup has run yet"]
-    lines = []
-    for entry in status.folders:
-        if entry.state in _STATE_LINES:
-            lines.append(
-                f"{entry.folder} -> s3://{entry.bucket}: "
-                + _STATE_LINES[entry.state].format(when=_when(entry.last_backup_at))
-            )
-        lines.append(
-            f"{entry.folder} -> s3://{entry.bucket}: {entry.files_backed_up} files "
-            f"({human_bytes(entry.bytes_backed_up)}) backed up; {entry.pending_uploads} to upload "
-            f"({human_bytes(entry.pending_upload_bytes)}), {entry.failed_uploads} failed uploads, "
-            f"{entry.failed_deletes} failed deletes; last upload {_when(entry.last_upload_at)}"
-        )
-        lines.append(fixity_line(entry, status.scrub_days))
-    for label, run in (
-        ("last run", status.last_run),
-        ("last successful run", status.last_successful_run),
-        ("last killed run", status.last_killed_run),
-    ):
-        if run is None and label == "last killed run":
-            continue
-        if run is None:
-            lines.append(f"{label}: none")
-        else:
-            took = f", took {run.duration_seconds} s" if run.duration_seconds is not None else ""
-            if run.process_gone:
-                took = " (its process is gone: killed; the next run records it as killed)"
-            lines.append(
-                f"{label}: #{run.id} started {_when(run.started_at)}{took}, {run.outcome}, "
-                f"{run.files_uploaded} files uploaded, {run.errors} errors"
-            )
-    return lines
-
-
 @dataclass
 class FolderRun:
     folder: str
@@ -355,31 +292,3 @@ def read_history(cache_dir: Path, limit: int) -> list[HistoryRun]:
     finally:
         engine.dispose()
     return runs
-
-
-def history_lines(runs: list[HistoryRun]) -> list[str]:
-    if not runs:
-        return ["no backup has run yet"]
-    lines = []
-    for run in runs:
-        if run.finished_at:
-            took = f"{run.finished_at - run.started_at} s"
-        else:
-            took = "did not finish" if run.outcome == "killed" else "still running?"
-        lines.append(
-            f"#{run.id} {_when(run.started_at)} {run.mode} {run.outcome} ({took}): "
-            f"{run.files_uploaded} files ({human_bytes(run.bytes_uploaded)}) uploaded, "
-            f"{run.files_deleted} deleted, {run.errors} errors, {run.s3_requests} S3 requests"
-        )
-        for entry in run.folders:
-            lines.append(
-                f"    {entry.folder}: {entry.files_seen} files, {entry.files_uploaded} uploaded "
-                f"({human_bytes(entry.bytes_uploaded)}), {entry.files_deleted} deleted, "
-                f"{entry.files_same_content} unchanged (only touched), {entry.errors} errors, "
-                f"{entry.s3_requests} requests"
-            )
-    return lines
-
-
-def _when(seconds: int | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "never"
