@@ -45,68 +45,20 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import sys
 import threading
 import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, urlsplit
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from testkit.classify import classify  # noqa: E402
 
 PACE_CHUNK = 256 * 1024  # bytes read or written between two waits of the bandwidth cap
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
-
-# Query parameters that are not a sub-resource (they qualify a request).
-_NOT_SUBRESOURCE = {
-    "prefix",
-    "delimiter",
-    "marker",
-    "max-keys",
-    "encoding-type",
-    "continuation-token",
-    "start-after",
-    "fetch-owner",
-    "key-marker",
-    "version-id-marker",
-    "upload-id-marker",
-    "max-uploads",
-    "max-parts",
-    "part-number-marker",
-    "versionId",
-    "x-id",
-    "response-content-type",
-    "response-content-disposition",
-}
-
-
-def classify(method: str, path: str, headers: dict[str, str] | None = None) -> str:
-    """The operation of one S3 request (path-style addressing), e.g. 'PUT object'."""
-    parts = urlsplit(path)
-    params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    segments = parts.path.strip("/").split("/", 1)
-    target = "service" if not segments[0] else ("object" if len(segments) == 2 else "bucket")
-    lower = {k.lower(): v for k, v in (headers or {}).items()}
-    if target == "object":
-        if "uploadId" in params:
-            if method == "PUT":
-                return "PUT part"
-            if method == "POST":
-                return "POST complete"
-            if method == "DELETE":
-                return "DELETE upload"
-            return f"{method} parts"
-        if "uploads" in params:
-            return f"{method} uploads"
-        if method == "PUT" and "x-amz-copy-source" in lower:
-            return "PUT copy"
-    if target == "bucket" and method == "GET":
-        if params.get("list-type") == "2":
-            return "GET list-v2"
-        rest = [k for k in params if k not in _NOT_SUBRESOURCE and k != "list-type"]
-        if not rest:
-            return "GET list"
-    rest = [k for k in params if k not in _NOT_SUBRESOURCE]
-    if rest:
-        return f"{method} {rest[0]}"
-    return f"{method} {target}"
 
 
 class CountingProxy(ThreadingHTTPServer):

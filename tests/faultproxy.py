@@ -53,8 +53,8 @@ import time
 from collections import Counter
 from collections.abc import Collection, Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
+from testkit.classify import classify
 from tests.s3proxy import CountingProxy, _Handler
 
 KINDS = ("slowdown", "internal", "drop", "delay", "lost", "delete_errors", "denied", "unsupported")
@@ -72,16 +72,6 @@ INTERNAL_BODY = (
     b"<Error><Code>InternalError</Code>"
     b"<Message>We encountered an internal error. Please try again.</Message></Error>"
 )
-
-
-def request_label(method: str, path: str) -> str:
-    """The label CountingProxy counts a request under, e.g. ``PUT object``, ``POST delete``."""
-    parts = urlsplit(path)
-    if parts.query and not parts.query.startswith(("uploadId", "partNumber")):
-        kind = parts.query.split("=", 1)[0].split("&", 1)[0]
-    else:
-        kind = "object" if "/" in parts.path.strip("/") else "bucket"
-    return f"{method} {kind}"
 
 
 class FaultProxy(CountingProxy):
@@ -187,7 +177,7 @@ class _FaultHandler(_Handler):
         if self.path.startswith("/moto-api"):
             super()._forward()
             return
-        label = request_label(self.command, self.path)
+        label = classify(self.command, self.path, self.headers)
         fault = self.server.choose(self.command, label)
         if fault is None:
             super()._forward()

@@ -9,8 +9,11 @@ from __future__ import annotations
 import http.client
 import threading
 from collections import Counter
+from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
+
+from testkit.classify import classify
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
@@ -44,14 +47,10 @@ class CountingProxy(ThreadingHTTPServer):
             self.requests.clear()
             self.log.clear()
 
-    def record(self, method: str, path: str) -> None:
-        parts = urlsplit(path)
-        if parts.query and not parts.query.startswith(("uploadId", "partNumber", "versionId")):
-            kind = parts.query.split("=", 1)[0].split("&", 1)[0]  # ?versioning, ?delete, ...
-        else:
-            kind = "object" if "/" in parts.path.strip("/") else "bucket"
+    def record(self, method: str, path: str, headers: Mapping[str, str] | None = None) -> None:
+        label = classify(method, path, headers)
         with self._lock:
-            self.requests[f"{method} {kind}"] += 1
+            self.requests[label] += 1
             self.log.append(f"{method} {path}")
 
     @property
@@ -69,7 +68,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _forward(self) -> None:
         if not self.path.startswith("/moto-api"):
-            self.server.record(self.command, self.path)
+            self.server.record(self.command, self.path, self.headers)
         body = self._read_body()
         upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}

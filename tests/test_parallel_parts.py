@@ -155,7 +155,8 @@ def test_parts_go_in_parallel_and_all_requests_stay_within_the_workers(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "uploaded 31/31 files" in result.stdout
-    assert slow.requests["PUT object"] == 30 + 8  # single PUTs and parts, each once
+    assert slow.requests["PUT object"] == 30  # single PUTs, each once
+    assert slow.requests["PUT part"] == 8  # and parts, each once
     assert slow.most["PUT part"] >= 2, slow.most  # the parts of one file overlapped
     assert slow.most["all"] <= 4, slow.most  # never more than backup.workers at once
     # The large file went first (its parts overlap the small files, not trail them).
@@ -199,15 +200,14 @@ def test_a_failing_part_is_retried_while_the_others_go_on(
         backup__part_size_mb=5,
         aws__max_attempts=10,
     )
-    # Parts only: "PUT object" is the label of UploadPart here (no small files).
-    faults.configure(rate=0.4, kinds=("slowdown", "internal", "drop"), only={"PUT object"})
+    faults.configure(rate=0.4, kinds=("slowdown", "internal", "drop"), only={"PUT part"})
 
     result = setup.run()
 
     faults.off()
     assert result.returncode == 0, result.stdout + result.stderr
     assert faults.injected >= 2, faults.faults
-    assert faults.requests["PUT object"] == 10  # each part reached S3 exactly once
+    assert faults.requests["PUT part"] == 10  # each part reached S3 exactly once
     assert faults.requests["POST uploads"] == 1  # one multipart upload, not restarted
     assert setup.db("SELECT count(*) FROM problems") == [(0,)]
     _assert_whole(setup, s3, folder, big, 10)
@@ -225,7 +225,7 @@ def test_a_part_failing_every_attempt_aborts_the_upload_and_the_next_run_sends_i
         backup__part_size_mb=5,
         aws__max_attempts=2,
     )
-    faults.configure(rate=1.0, kinds=("internal",), only={"PUT object"}, methods={"PUT"})
+    faults.configure(rate=1.0, kinds=("internal",), only={"PUT part"}, methods={"PUT"})
 
     result = setup.run()
 
@@ -237,7 +237,7 @@ def test_a_part_failing_every_attempt_aborts_the_upload_and_the_next_run_sends_i
     assert latest_versions(s3, bucket) == {}
     # No part was started after the first one failed for good: at most the
     # first four were in flight (4 workers), each tried twice.
-    assert 2 <= faults.faulted["PUT object"] <= 2 * 4, faults.faulted
+    assert 2 <= faults.faulted["PUT part"] <= 2 * 4, faults.faulted
 
     faults.off()
     again = setup.run()
@@ -271,8 +271,10 @@ def test_sigterm_lets_the_parts_in_flight_finish_then_aborts_and_the_next_run_se
 
     bucket = setup.bucket(folder)
     assert slow.in_flight["all"] == 0
-    assert slow.requests["PUT object"] < 5 + 12  # stopped before all parts went
-    assert slow.requests["DELETE object"] == 1  # AbortMultipartUpload, once
+    assert (
+        slow.requests["PUT object"] + slow.requests["PUT part"] < 5 + 12
+    )  # stopped before all parts went
+    assert slow.requests["DELETE upload"] == 1  # AbortMultipartUpload, once
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert _key(big) not in latest_versions(s3, bucket)
     table = setup.table(folder)

@@ -218,7 +218,7 @@ def test_dry_run_estimates_the_cost_and_asks_nothing(setup: Setup, s3_proxy: Cou
     assert "restore requests (Standard): 5 objects" in result.stdout
     assert "would cost about $" in result.stdout
     assert s3_proxy.requests["POST restore"] == 0
-    assert set(s3_proxy.requests) <= {"GET versions", "GET bucket", "GET ", "GET list-type"}
+    assert set(s3_proxy.requests) <= {"GET versions", "GET list", "GET service", "GET list-v2"}
 
 
 def test_an_interrupted_restore_resumes(setup: Setup, s3_proxy: CountingProxy) -> None:

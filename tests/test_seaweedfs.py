@@ -163,6 +163,7 @@ def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) ->
         # went up in parts (a CRC64NVME, which proves nothing): it is uploaded again.
         assert "1 found already in the bucket" in reset.stdout
         assert "uploaded 1/1 files (11.0 MiB)" in reset.stdout
-        assert proxy.requests["PUT object"] == 3  # its three parts, nothing else
+        assert proxy.requests["PUT part"] == 3  # its three parts, nothing else
+        assert proxy.requests["PUT object"] == 0
     finally:
         proxy.stop()
