@@ -1,7 +1,7 @@
 """Benchmark of issue #4: matricula-backup against a bare walk and against rclone, aws, s5cmd.
 
 One command builds (or reuses) a synthetic tree, starts an S3 server on
-127.0.0.1 (moto or SeaweedFS) behind the counting proxy of ``proxy.py``, and
+127.0.0.1 (moto or SeaweedFS) behind the counting proxy of ``testkit/proxy.py``, and
 measures in the same run, so that ratios hold:
 
 - the lower bound: a bare Python ``os.scandir`` walk with ``stat`` of the tree,
@@ -59,8 +59,7 @@ sys.path.insert(0, str(HERE))
 
 sys.path.insert(0, str(REPO))
 
-from proxy import CountingProxy  # noqa: E402
-
+from testkit.proxy import S3Proxy  # noqa: E402
 from testkit.servers import WEED, SeaweedFS, free_port, wait_http  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -222,7 +221,7 @@ class Runner:
 
     def __init__(
         self,
-        proxy: CountingProxy | None,
+        proxy: S3Proxy | None,
         server_pid: int | None,
         log_dir: Path,
         timeout: float,
@@ -1050,7 +1049,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
             flush=True,
         )
         server.start()
-        proxy = CountingProxy(server.url, args.delay_ms, bandwidth_mib=args.bandwidth_mib).start()
+        proxy = S3Proxy(server.url, args.delay_ms, bandwidth_mib=args.bandwidth_mib).start()
         print(
             f"{server.version} at {server.url}, proxy {proxy.url} (delay {args.delay_ms} ms)",
             flush=True,

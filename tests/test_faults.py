@@ -1,4 +1,4 @@
-"""S3 faults through tests/faultproxy.py: 503 SlowDown, 500, dropped connections,
+"""S3 faults through testkit/proxy.py: 503 SlowDown, 500, dropped connections,
 slow and lost answers, DeleteObjects errors. Every test checks the end state:
 the bucket holds exactly the tree (latest versions, metadata) and state.db agrees.
 """
@@ -16,17 +16,16 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
+from testkit.proxy import S3Proxy
 from tests.conftest import REGION, Setup, latest_versions
-from tests.faultproxy import FaultProxy
-from tests.s3proxy import CountingProxy
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture()
-def faults(setup: Setup, moto_url: str) -> Iterator[FaultProxy]:
+def faults(setup: Setup, moto_url: str) -> Iterator[S3Proxy]:
     """The fault proxy in front of moto, named in config.json (faults off until configured)."""
-    proxy = FaultProxy(moto_url, seed=20241126).start()
+    proxy = S3Proxy(moto_url, seed=20241126).start()
     setup.write_config(aws__endpoint_url=proxy.url)
     yield proxy
     proxy.stop()
@@ -73,9 +72,9 @@ def _assert_bucket_and_db_match_tree(setup: Setup, s3: Any, folder: Path) -> Non
         assert sha256 == _sha256(path), rel
 
 
-def test_the_proxy_injects_each_kind_of_fault(s3_proxy: CountingProxy, moto_url: str) -> None:
+def test_the_proxy_injects_each_kind_of_fault(s3_proxy: S3Proxy, moto_url: str) -> None:
     """The proxy itself, seen from a plain boto3 client without retries."""
-    proxy = FaultProxy(moto_url, delay=4).start()
+    proxy = S3Proxy(moto_url, delay=4).start()
 
     def client(read_timeout: float) -> Any:
         return boto3.client(
@@ -147,7 +146,7 @@ def test_the_proxy_injects_each_kind_of_fault(s3_proxy: CountingProxy, moto_url:
 
 @pytest.mark.parametrize("crt", [True, False], ids=["crt", "botocore"])
 def test_a_backup_completes_through_30_percent_failing_requests(
-    setup: Setup, s3: Any, faults: FaultProxy, crt: bool
+    setup: Setup, s3: Any, faults: S3Proxy, crt: bool
 ) -> None:
     folder = _make_tree(setup, "Band", 50)
     setup.file("Band/big.tif", random.Random(2).randbytes(11 * MiB))  # 5 + 5 + 1 MiB parts
@@ -185,7 +184,7 @@ def test_a_backup_completes_through_30_percent_failing_requests(
 
 
 def test_uploads_failing_every_attempt_are_recorded_and_the_next_run_uploads_them(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = _make_tree(setup, "Band", 20)
     setup.write_config(backup__folders=[str(folder)], aws__max_attempts=2)
@@ -238,7 +237,7 @@ def test_uploads_failing_every_attempt_are_recorded_and_the_next_run_uploads_the
     ids=["request-fails", "per-key-errors"],
 )
 def test_failed_deletes_are_retried_by_the_next_run(
-    setup: Setup, s3: Any, faults: FaultProxy, kinds: tuple[str, ...]
+    setup: Setup, s3: Any, faults: S3Proxy, kinds: tuple[str, ...]
 ) -> None:
     folder = _make_tree(setup, "Band", 30)
     setup.write_config(backup__folders=[str(folder)], aws__max_attempts=2)
@@ -274,7 +273,7 @@ def test_failed_deletes_are_retried_by_the_next_run(
 
 
 def test_slow_and_lost_answers_end_in_the_same_state(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     """Answers that come late, or never although S3 did the work (the retry repeats it)."""
     folder = _make_tree(setup, "Band", 30)
@@ -301,7 +300,7 @@ def test_slow_and_lost_answers_end_in_the_same_state(
 
 
 def test_aws_max_attempts_is_the_number_of_attempts_per_request(
-    setup: Setup, faults: FaultProxy
+    setup: Setup, faults: S3Proxy
 ) -> None:
     max_attempts = 2
     folder = _make_tree(setup, "Band", 10)
@@ -318,7 +317,7 @@ def test_aws_max_attempts_is_the_number_of_attempts_per_request(
 
 
 def test_a_file_deleted_after_an_unconfirmed_upload_is_deleted_from_the_bucket(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = _make_tree(setup, "Band", 3)
     setup.write_config(backup__folders=[str(folder)], aws__max_attempts=1)
@@ -339,7 +338,7 @@ def test_a_file_deleted_after_an_unconfirmed_upload_is_deleted_from_the_bucket(
 
 
 def test_a_file_changed_back_after_an_unconfirmed_upload_is_uploaded_again(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     path = setup.file("Band/scan.tif", b"A" * 1000)

@@ -12,99 +12,35 @@ run sends the file whole.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from testkit.proxy import S3Proxy
 from tests.conftest import CLI, Setup, latest_versions
-from tests.faultproxy import FaultProxy
-from tests.s3proxy import HOP_BY_HOP, CountingProxy, _Handler
 
 MiB = 1024 * 1024
 
 
-class SlowProxy(CountingProxy):
-    """Holds each request ``delay`` seconds; records the most requests in flight at once."""
-
-    def __init__(self, upstream: str, delay: float) -> None:
-        super().__init__(upstream)
-        self.RequestHandlerClass = _SlowHandler
-        self.delay = delay
-        self.in_flight: Counter[str] = Counter()
-        self.most: Counter[str] = Counter()  # "all", "PUT part"
-
-    def enter(self, kind: str) -> None:
-        with self._lock:
-            for name in ("all", kind):
-                self.in_flight[name] += 1
-                self.most[name] = max(self.most[name], self.in_flight[name])
-
-    def leave(self, kind: str) -> None:
-        with self._lock:
-            for name in ("all", kind):
-                self.in_flight[name] -= 1
-
-
-class _SlowHandler(_Handler):
-    server: SlowProxy
-
-    def _forward(self) -> None:
-        if self.path.startswith("/moto-api"):
-            super()._forward()
-            return
-        self.server.record(self.command, self.path)
-        part = self.command == "PUT" and "partNumber=" in self.path
-        kind = "PUT part" if part else "other"
-        body = self._read_body()
-        # Counted from a whole request to just before its answer: the client is
-        # certainly waiting in between, so this never counts more than it sends.
-        self.server.enter(kind)
-        try:
-            time.sleep(self.server.delay)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            if body is not None:
-                headers["Content-Length"] = str(len(body))
-            upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-            upstream.close()
-        finally:
-            self.server.leave(kind)
-        self.send_response(response.status, response.reason)
-        for key, value in response.getheaders():
-            if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
-                self.send_header(key, value)
-        head_length = response.getheader("Content-Length") if self.command == "HEAD" else None
-        self.send_header("Content-Length", head_length or str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-
 @pytest.fixture()
-def slow(setup: Setup, moto_url: str) -> Iterator[SlowProxy]:
-    proxy = SlowProxy(moto_url, delay=0.25)
-    proxy.start()
+def slow(setup: Setup, moto_url: str) -> Iterator[S3Proxy]:
+    """Holds each request 0.25 s; ``most`` has the most requests in flight at once."""
+    proxy = S3Proxy(moto_url, delay_ms=250).start()
     setup.write_config(aws__endpoint_url=proxy.url)
     yield proxy
     proxy.stop()
 
 
 @pytest.fixture()
-def faults(setup: Setup, moto_url: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(moto_url, seed=13).start()
+def faults(setup: Setup, moto_url: str) -> Iterator[S3Proxy]:
+    proxy = S3Proxy(moto_url, seed=13).start()
     setup.write_config(aws__endpoint_url=proxy.url)
     yield proxy
     proxy.stop()
@@ -139,7 +75,7 @@ def _assert_whole(setup: Setup, s3: Any, folder: Path, path: Path, parts: int) -
 
 
 def test_parts_go_in_parallel_and_all_requests_stay_within_the_workers(
-    setup: Setup, s3: Any, slow: SlowProxy
+    setup: Setup, s3: Any, slow: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     big = _large(setup, "Band/big.tif", 40, seed=1)  # 8 parts of 5 MiB
@@ -168,7 +104,7 @@ def test_parts_go_in_parallel_and_all_requests_stay_within_the_workers(
     _assert_whole(setup, s3, folder, big, 8)
 
 
-def test_two_large_files_share_the_workers(setup: Setup, s3: Any, slow: SlowProxy) -> None:
+def test_two_large_files_share_the_workers(setup: Setup, s3: Any, slow: S3Proxy) -> None:
     folder = setup.images / "Band"
     first = _large(setup, "Band/a.tif", 30, seed=2)
     second = _large(setup, "Band/b.tif", 26, seed=3)  # 5 full parts and a short one
@@ -189,7 +125,7 @@ def test_two_large_files_share_the_workers(setup: Setup, s3: Any, slow: SlowProx
 
 
 def test_a_failing_part_is_retried_while_the_others_go_on(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     big = _large(setup, "Band/big.tif", 50, seed=4)  # 10 parts of 5 MiB
@@ -214,7 +150,7 @@ def test_a_failing_part_is_retried_while_the_others_go_on(
 
 
 def test_a_part_failing_every_attempt_aborts_the_upload_and_the_next_run_sends_it(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     big = _large(setup, "Band/big.tif", 30, seed=5)
@@ -247,7 +183,7 @@ def test_a_part_failing_every_attempt_aborts_the_upload_and_the_next_run_sends_i
 
 
 def test_sigterm_lets_the_parts_in_flight_finish_then_aborts_and_the_next_run_sends_it(
-    setup: Setup, s3: Any, slow: SlowProxy
+    setup: Setup, s3: Any, slow: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     big = _large(setup, "Band/big.tif", 60, seed=6)  # 12 parts

@@ -16,9 +16,9 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from testkit.proxy import S3Proxy
 from testkit.servers import WEED, SeaweedFS
 from tests.conftest import Setup
-from tests.s3proxy import CountingProxy
 
 KEY, SECRET = "weedkey", "weedsecret"
 
@@ -40,7 +40,7 @@ def weed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) -> None:
-    proxy = CountingProxy(weed_url).start()
+    proxy = S3Proxy(weed_url).start()
     try:
         setup = Setup(tmp_path, tmp_path / "cache", tmp_path / "images")
         setup.cache.mkdir()
