@@ -66,7 +66,7 @@ MiB = 1024 * 1024
 GiB = 1024 * MiB
 TARGET = 0.90  # tool MiB/s / boto3 MiB/s
 CHILD_FLAG = "--boto3-child"
-# The upload operations the proxy counts (see proxy.classify).
+# The upload operations the proxy counts (see testkit/classify.py).
 UPLOAD_OPS = ("POST uploads", "PUT part", "POST complete", "PUT object")
 
 
@@ -273,9 +273,9 @@ def measure_run(runner: Runner, name: str, argv: list[str], env: dict[str, str])
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import bench
-    from proxy import CountingProxy
 
     from matricula_backup.folders import BackupFolder, bucket_name
+    from testkit.proxy import S3Proxy
 
     tree_dir = Path(args.tree_dir or f"/tmp/matricula-bench/large-{args.count}x{args.mib}m")
     spec = bench.TreeSpec(0, args.count, args.mib, 16, 1000, 1)
@@ -307,7 +307,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result["warm_s"] = round(warm(files), 1)
         server.start()
-        proxy = CountingProxy(server.url, args.delay_ms, bandwidth_mib=args.bandwidth_mib).start()
+        proxy = S3Proxy(server.url, args.delay_ms, bandwidth_mib=args.bandwidth_mib).start()
         print(f"{server.version} at {server.url}, proxy {proxy.url}", flush=True)
         result["machine"] = bench.machine_info(server, [])
         runner = bench.Runner(proxy, server.pid, work / "logs", args.timeout, spawner)

@@ -63,7 +63,8 @@ from bench import (  # noqa: E402
     tool_env,
     write_config,
 )
-from proxy import CountingProxy  # noqa: E402
+
+from testkit.proxy import S3Proxy  # noqa: E402
 
 
 def tree_of(root: Path) -> dict[str, int]:
@@ -198,10 +199,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="restore-bench-"))
     server = Server(args.server, work)
     spawner = Spawner()
-    proxy: CountingProxy | None = None
+    proxy: S3Proxy | None = None
     try:
         server.start()
-        proxy = CountingProxy(server.url, args.delay_ms).start()
+        proxy = S3Proxy(server.url, args.delay_ms).start()
         runner = Runner(proxy, server.pid, work, args.timeout, spawner)
         cache = work / "cache"
         write_config(cache, folder, proxy.url, args.workers, "rb-")

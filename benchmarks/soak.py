@@ -1,6 +1,6 @@
 """Soak test: many backup runs against a faulty S3, with random kill -9, then a full check.
 
-Starts moto's S3 server and the fault proxy of tests/faultproxy.py, both on
+Starts moto's S3 server and the fault proxy of testkit/proxy.py, both on
 127.0.0.1, builds a tree in a temporary directory, then for each run: changes
 the tree at random (adds, modifies, changes back, deletes and touches files), starts the
 installed ``matricula-backup --cache DIR`` and, with probability ``--kill-rate``,
@@ -49,7 +49,7 @@ import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from tests.faultproxy import KINDS, FaultProxy  # noqa: E402
+from testkit.proxy import KINDS, S3Proxy  # noqa: E402
 
 CLI = Path(sys.executable).parent / "matricula-backup"
 REGION = "eu-central-1"
@@ -201,7 +201,7 @@ def latest_versions(s3: Any, bucket: str) -> tuple[dict[str, dict[str, Any]], se
     return latest, markers, versions
 
 
-def last_put_by_run(proxy: FaultProxy, runs: list[Run], bucket: str) -> dict[str, str]:
+def last_put_by_run(proxy: S3Proxy, runs: list[Run], bucket: str) -> dict[str, str]:
     """Key -> the last run whose PUT (or multipart upload) of it reached S3."""
     last: dict[str, str] = {}
     prefix = f"/{bucket}/"
@@ -217,7 +217,7 @@ def last_put_by_run(proxy: FaultProxy, runs: list[Run], bucket: str) -> dict[str
 
 def check(
     s3: Any,
-    proxy: FaultProxy,
+    proxy: S3Proxy,
     cache: Path,
     folder: Path,
     tree: Tree,
@@ -341,7 +341,7 @@ def main() -> int:
     server.start()
     address = server._server.server_address  # type: ignore[union-attr]
     moto_url = f"http://{address[0]!s}:{address[1]}"
-    proxy = FaultProxy(moto_url, seed=args.seed, delay=args.delay).start()
+    proxy = S3Proxy(moto_url, seed=args.seed, delay=args.delay).start()
     s3 = boto3.client(
         "s3",
         endpoint_url=moto_url,  # straight to moto: the checks see no fault
@@ -469,8 +469,9 @@ def main() -> int:
         + ", ".join(f"{label} {count}" for label, count in proxy.faulted.most_common())
     )
     print(
-        f"PUT object requests that reached S3: {proxy.requests['PUT object']} "
-        f"(PutObject and UploadPart; CompleteMultipartUpload {proxy.requests['POST object']}); "
+        f"PUT object requests that reached S3: "
+        f"{proxy.requests['PUT object'] + proxy.requests['PUT part']} (PutObject and "
+        f"UploadPart; CompleteMultipartUpload {proxy.requests['POST complete']}); "
         f"object versions in the bucket: {counts['versions']}; uploads recorded by the "
         f"{counts['finished_runs']} finished runs: {counts['recorded_uploads']}; distinct file "
         f"versions the runs saw (at most this many uploads needed): {len(seen_versions)}"

@@ -22,7 +22,7 @@ import pytest
 from botocore.config import Config
 from moto.server import ThreadedMotoServer
 
-from tests.s3proxy import CountingProxy
+from testkit.proxy import S3Proxy
 
 REGION = "eu-central-1"
 CLI = shutil.which("matricula-backup", path=os.path.dirname(sys.executable)) or "matricula-backup"
@@ -80,9 +80,9 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture()
-def s3_proxy(moto_url: str) -> Iterator[CountingProxy]:
+def s3_proxy(moto_url: str) -> Iterator[S3Proxy]:
     httpx.post(f"{moto_url}/moto-api/reset")  # every test starts with no buckets
-    proxy = CountingProxy(moto_url).start()
+    proxy = S3Proxy(moto_url).start()
     yield proxy
     proxy.stop()
 
@@ -153,7 +153,7 @@ class Setup:
 
 
 @pytest.fixture()
-def setup(tmp_path: Path, s3_proxy: CountingProxy) -> Setup:
+def setup(tmp_path: Path, s3_proxy: S3Proxy) -> Setup:
     cache = tmp_path / "cache"
     images = tmp_path / "images"
     cache.mkdir()

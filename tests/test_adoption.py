@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
+from testkit.proxy import S3Proxy
 from tests.conftest import Setup
-from tests.s3proxy import CountingProxy
 
 FILES = 30
 
@@ -58,7 +58,7 @@ def _lose_state(setup: Setup) -> None:
 
 @pytest.mark.parametrize("how", ["state.db lost", "--reset"])
 def test_files_back_after_a_lost_state_while_unmounted_are_not_uploaded_again(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy, how: str
+    setup: Setup, s3: Any, s3_proxy: S3Proxy, how: str
 ) -> None:
     folder = _band(setup)
     assert setup.run().returncode == 0
@@ -89,7 +89,7 @@ def test_files_back_after_a_lost_state_while_unmounted_are_not_uploaded_again(
 
 
 def test_one_file_really_changed_among_the_returning_ones_is_the_only_upload(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     folder = _band(setup)
     assert setup.run().returncode == 0
@@ -118,9 +118,7 @@ def test_one_file_really_changed_among_the_returning_ones_is_the_only_upload(
     assert s3_proxy.total == 0
 
 
-def test_state_lost_while_the_files_are_there(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
-) -> None:
+def test_state_lost_while_the_files_are_there(setup: Setup, s3: Any, s3_proxy: S3Proxy) -> None:
     folder = _band(setup)
     assert setup.run().returncode == 0
     bucket = setup.bucket(folder)
@@ -146,7 +144,7 @@ def test_state_lost_while_the_files_are_there(
 
 
 def test_state_lost_twice_with_the_disk_away_then_the_files_return(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     folder = _band(setup)
     assert setup.run().returncode == 0
@@ -170,7 +168,7 @@ def test_state_lost_twice_with_the_disk_away_then_the_files_return(
 @pytest.mark.parametrize("checksum", ["no checksum", "SHA-256 of its own bytes"])
 @pytest.mark.parametrize("how", ["state.db lost", "--reset"])
 def test_a_planted_object_with_the_files_size_and_metadata_is_not_adopted(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy, checksum: str, how: str
+    setup: Setup, s3: Any, s3_proxy: S3Proxy, checksum: str, how: str
 ) -> None:
     """Whoever holds the keys plants other bytes with the size, mtime and sha256
     metadata of the real file (copied from a HEAD of the real object), then
@@ -217,7 +215,7 @@ def test_a_planted_object_with_the_files_size_and_metadata_is_not_adopted(
 
 
 def test_an_object_without_a_checksum_from_s3_is_uploaded_again(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     """An object some other tool wrote without a checksum (the same bytes, the
     same size): nothing S3 computed proves its bytes, so the file is uploaded."""

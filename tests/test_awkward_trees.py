@@ -22,8 +22,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from testkit.proxy import S3Proxy
 from tests.conftest import CLI, Setup, latest_versions, skip_unless_other_users_can_run_the_command
-from tests.s3proxy import CountingProxy
 
 NOBODY = 65534
 SETPRIV = shutil.which("setpriv")
@@ -324,7 +324,7 @@ def test_fifos_sockets_and_devices_are_skipped(
 
 
 def test_a_file_replaced_by_a_fifo_after_the_scan_does_not_hang_the_run(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     setup.file("Band/a.tif", b"a")
@@ -333,10 +333,10 @@ def test_a_file_replaced_by_a_fifo_after_the_scan_does_not_hang_the_run(
     first_put, replaced = threading.Event(), threading.Event()
     record = s3_proxy.record
 
-    def hold_the_first_upload(method: str, path: str) -> None:
+    def hold_the_first_upload(label: str, method: str, path: str) -> None:
         # The scan is over before the first PUT of an object: hold that PUT (of
         # a.tif, the one worker is busy with it) until z.tif has become a FIFO.
-        record(method, path)
+        record(label, method, path)
         parts = urlsplit(path)
         if method == "PUT" and not parts.query and "/" in parts.path.strip("/"):
             first_put.set()

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from testkit.proxy import S3Proxy
 from tests.conftest import Setup, latest_versions
-from tests.s3proxy import CountingProxy
 
 
 def _tree(setup: Setup) -> Path:
@@ -88,9 +88,7 @@ def test_first_run_uploads_everything_to_a_configured_bucket(
     assert setup.db("SELECT mode, outcome, files_uploaded FROM runs") == [("backup", "ok", 3)]
 
 
-def test_a_run_with_nothing_to_do_makes_no_s3_request(
-    setup: Setup, s3_proxy: CountingProxy
-) -> None:
+def test_a_run_with_nothing_to_do_makes_no_s3_request(setup: Setup, s3_proxy: S3Proxy) -> None:
     _tree(setup)
     assert setup.run().returncode == 0
     s3_proxy.reset_counts()
@@ -102,7 +100,7 @@ def test_a_run_with_nothing_to_do_makes_no_s3_request(
     assert "0 S3 requests" in result.stdout
 
 
-def test_changed_added_and_deleted_files(setup: Setup, s3: Any, s3_proxy: CountingProxy) -> None:
+def test_changed_added_and_deleted_files(setup: Setup, s3: Any, s3_proxy: S3Proxy) -> None:
     folder = _tree(setup)
     assert setup.run().returncode == 0
     bucket = setup.bucket(folder)
@@ -142,7 +140,7 @@ def test_changed_added_and_deleted_files(setup: Setup, s3: Any, s3_proxy: Counti
 
 
 def test_dry_run_changes_nothing_and_reports_the_work(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy, httpserver: Any
+    setup: Setup, s3: Any, s3_proxy: S3Proxy, httpserver: Any
 ) -> None:
     folder = _tree(setup)
     setup.write_config(notification__webhook=httpserver.url_for("/hook"))
@@ -172,7 +170,7 @@ def test_dry_run_changes_nothing_and_reports_the_work(
 
 
 def test_reset_rebuilds_the_tables_without_uploading_again(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     folder = _tree(setup)
     assert setup.run().returncode == 0
@@ -196,7 +194,7 @@ def test_reset_rebuilds_the_tables_without_uploading_again(
 
 
 def test_lost_state_database_adopts_the_bucket_and_deletes_what_is_gone(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     folder = _tree(setup)
     assert setup.run().returncode == 0
@@ -390,7 +388,7 @@ def test_verbose_logs_why_each_file_is_uploaded(setup: Setup) -> None:
 
 
 def test_sigterm_stops_records_what_s3_confirmed_and_the_next_run_finishes(
-    setup: Setup, s3_proxy: CountingProxy
+    setup: Setup, s3_proxy: S3Proxy
 ) -> None:
     import signal
     import subprocess
@@ -495,7 +493,7 @@ def test_max_delete_percent_is_configurable(setup: Setup, s3: Any) -> None:
     assert "deleted 12/12" in result.stdout
 
 
-def test_touched_files_are_not_uploaded_again(setup: Setup, s3_proxy: CountingProxy) -> None:
+def test_touched_files_are_not_uploaded_again(setup: Setup, s3_proxy: S3Proxy) -> None:
     """A Deep Archive PUT plus a second copy billed for 180 days, for unchanged bytes:
     a file whose mtime changed but whose SHA-256 equals the upload's is only recorded."""
     folder = _tree(setup)

@@ -16,8 +16,8 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from testkit.proxy import S3Proxy
 from tests.conftest import CLI, Setup, latest_versions
-from tests.s3proxy import CountingProxy
 
 WORKERS = 2
 # Uploads S3 may confirm that a kill keeps from being recorded: those running
@@ -68,7 +68,7 @@ def _assert_bucket_and_database_match_tree(setup: Setup, s3: Any, folder: Path) 
 
 
 def test_kill_9_during_every_stage_then_a_full_run_agrees_with_the_tree(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     for number in range(300):
@@ -115,7 +115,7 @@ def test_kill_9_during_every_stage_then_a_full_run_agrees_with_the_tree(
 
 
 def test_kill_9_during_a_reset_then_a_plain_run_adopts_the_bucket(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     for number in range(60):

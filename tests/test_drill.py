@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from testkit.proxy import S3Proxy
 from tests.conftest import CLI, Setup
-from tests.faultproxy import FaultProxy
-from tests.s3proxy import CountingProxy
 
 
 def _backed_up(
@@ -29,9 +28,7 @@ def _backed_up(
     return folders
 
 
-def test_a_drill_from_request_to_card(
-    setup: Setup, s3_proxy: CountingProxy, httpserver: Any
-) -> None:
+def test_a_drill_from_request_to_card(setup: Setup, s3_proxy: S3Proxy, httpserver: Any) -> None:
     httpserver.expect_request("/hook").respond_with_data("", status=202)
     _backed_up(setup, webhook=httpserver.url_for("/hook") + "?sig=TOPSECRET")
     s3_proxy.reset_counts()
@@ -99,7 +96,7 @@ def test_a_latest_version_replaced_by_hand_fails_the_drill_loudly(
     ]
 
 
-def test_a_drill_killed_mid_way_resumes(setup: Setup, s3_proxy: CountingProxy) -> None:
+def test_a_drill_killed_mid_way_resumes(setup: Setup, s3_proxy: S3Proxy) -> None:
     _backed_up(setup, files=10, size=400_000)
     assert setup.run("drill").returncode == 0  # requests the 20 restores
     assert s3_proxy.requests["POST restore"] == 20
@@ -178,7 +175,7 @@ def test_status_and_the_auditors_query_show_every_check(setup: Setup) -> None:
 
 def test_keys_that_may_not_restore_make_the_drill_say_so(setup: Setup, moto_url: str) -> None:
     """The nightly role's keys have no s3:RestoreObject: S3 answers 403 (the proxy plays it)."""
-    proxy = FaultProxy(moto_url, seed=1).start()
+    proxy = S3Proxy(moto_url, seed=1).start()
     try:
         setup.write_config(aws__endpoint_url=proxy.url)
         _backed_up(setup, files=1)

@@ -1,4 +1,4 @@
-"""S3 faults through tests/faultproxy.py: 503 SlowDown, 500, dropped connections,
+"""S3 faults through testkit/proxy.py: 503 SlowDown, 500, dropped connections,
 slow and lost answers, DeleteObjects errors. Every test checks the end state:
 the bucket holds exactly the tree (latest versions, metadata) and state.db agrees.
 """
@@ -16,17 +16,16 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError, ReadTimeoutError
 
+from testkit.proxy import S3Proxy
 from tests.conftest import REGION, Setup, latest_versions
-from tests.faultproxy import FaultProxy
-from tests.s3proxy import CountingProxy
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture()
-def faults(setup: Setup, moto_url: str) -> Iterator[FaultProxy]:
+def faults(setup: Setup, moto_url: str) -> Iterator[S3Proxy]:
     """The fault proxy in front of moto, named in config.json (faults off until configured)."""
-    proxy = FaultProxy(moto_url, seed=20241126).start()
+    proxy = S3Proxy(moto_url, seed=20241126).start()
     setup.write_config(aws__endpoint_url=proxy.url)
     yield proxy
     proxy.stop()
@@ -73,9 +72,9 @@ def _assert_bucket_and_db_match_tree(setup: Setup, s3: Any, folder: Path) -> Non
         assert sha256 == _sha256(path), rel
 
 
-def test_the_proxy_injects_each_kind_of_fault(s3_proxy: CountingProxy, moto_url: str) -> None:
+def test_the_proxy_injects_each_kind_of_fault(s3_proxy: S3Proxy, moto_url: str) -> None:
     """The proxy itself, seen from a plain boto3 client without retries."""
-    proxy = FaultProxy(moto_url, delay=4).start()
+    proxy = S3Proxy(moto_url, delay=4).start()
 
     def client(read_timeout: float) -> Any:
         return boto3.client(
@@ -126,16 +125,16 @@ def test_the_proxy_injects_each_kind_of_fault(s3_proxy: CountingProxy, moto_url:
             "lost": "InternalError",
             "a&b <c>": "InternalError",
         }
-        proxy.configure(rate=0.5, kinds=("internal",), only={"GET list-type"})
+        proxy.configure(rate=0.5, kinds=("internal",), only={"GET list-v2"})
         for _ in range(20):
             try:
                 client.list_objects_v2(Bucket="faults")
             except ClientError:
                 pass
-        assert 0 < proxy.faulted["GET list-type"] < 20
+        assert 0 < proxy.faulted["GET list-v2"] < 20
         assert proxy.faults == {
             "slowdown": 1,
-            "internal": 1 + proxy.faulted["GET list-type"],
+            "internal": 1 + proxy.faulted["GET list-v2"],
             "drop": 1,
             "lost": 1,
             "delay": 1,
@@ -147,7 +146,7 @@ def test_the_proxy_injects_each_kind_of_fault(s3_proxy: CountingProxy, moto_url:
 
 @pytest.mark.parametrize("crt", [True, False], ids=["crt", "botocore"])
 def test_a_backup_completes_through_30_percent_failing_requests(
-    setup: Setup, s3: Any, faults: FaultProxy, crt: bool
+    setup: Setup, s3: Any, faults: S3Proxy, crt: bool
 ) -> None:
     folder = _make_tree(setup, "Band", 50)
     setup.file("Band/big.tif", random.Random(2).randbytes(11 * MiB))  # 5 + 5 + 1 MiB parts
@@ -170,7 +169,8 @@ def test_a_backup_completes_through_30_percent_failing_requests(
     assert set(faults.faults) == {"slowdown", "internal", "drop"}, faults.faults
     _assert_bucket_and_db_match_tree(setup, s3, folder)
     # No fault let a request through, so each file and part reached S3 exactly once.
-    assert faults.requests["PUT object"] == 50 + 3
+    assert faults.requests["PUT object"] == 50
+    assert faults.requests["PUT part"] == 3
     assert faults.requests["POST uploads"] == 1  # CreateMultipartUpload
     head = s3.head_object(Bucket=setup.bucket(folder), Key=_key(folder / "big.tif"))
     assert head["ETag"].strip('"').endswith("-3")
@@ -184,7 +184,7 @@ def test_a_backup_completes_through_30_percent_failing_requests(
 
 
 def test_uploads_failing_every_attempt_are_recorded_and_the_next_run_uploads_them(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = _make_tree(setup, "Band", 20)
     setup.write_config(backup__folders=[str(folder)], aws__max_attempts=2)
@@ -237,7 +237,7 @@ def test_uploads_failing_every_attempt_are_recorded_and_the_next_run_uploads_the
     ids=["request-fails", "per-key-errors"],
 )
 def test_failed_deletes_are_retried_by_the_next_run(
-    setup: Setup, s3: Any, faults: FaultProxy, kinds: tuple[str, ...]
+    setup: Setup, s3: Any, faults: S3Proxy, kinds: tuple[str, ...]
 ) -> None:
     folder = _make_tree(setup, "Band", 30)
     setup.write_config(backup__folders=[str(folder)], aws__max_attempts=2)
@@ -273,7 +273,7 @@ def test_failed_deletes_are_retried_by_the_next_run(
 
 
 def test_slow_and_lost_answers_end_in_the_same_state(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     """Answers that come late, or never although S3 did the work (the retry repeats it)."""
     folder = _make_tree(setup, "Band", 30)
@@ -296,11 +296,11 @@ def test_slow_and_lost_answers_end_in_the_same_state(
     assert second.returncode == 0, second.stdout + second.stderr
     _assert_bucket_and_db_match_tree(setup, s3, folder)
     # A lost answer makes the retry (or the next run) upload the same file again.
-    assert faults.requests["PUT object"] >= 30 + 2
+    assert faults.requests["PUT object"] + faults.requests["PUT part"] >= 30 + 2
 
 
 def test_aws_max_attempts_is_the_number_of_attempts_per_request(
-    setup: Setup, faults: FaultProxy
+    setup: Setup, faults: S3Proxy
 ) -> None:
     max_attempts = 2
     folder = _make_tree(setup, "Band", 10)
@@ -317,7 +317,7 @@ def test_aws_max_attempts_is_the_number_of_attempts_per_request(
 
 
 def test_a_file_deleted_after_an_unconfirmed_upload_is_deleted_from_the_bucket(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = _make_tree(setup, "Band", 3)
     setup.write_config(backup__folders=[str(folder)], aws__max_attempts=1)
@@ -338,7 +338,7 @@ def test_a_file_deleted_after_an_unconfirmed_upload_is_deleted_from_the_bucket(
 
 
 def test_a_file_changed_back_after_an_unconfirmed_upload_is_uploaded_again(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     path = setup.file("Band/scan.tif", b"A" * 1000)

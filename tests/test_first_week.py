@@ -20,16 +20,10 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 
+from testkit.servers import free_port
 from tests.conftest import CLI, Setup, skip_unless_other_users_can_run_the_command
 
 NOBODY = 65534
-
-
-def _closed_port() -> int:
-    """A port on 127.0.0.1 with nothing listening (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- config.json missing or unreadable -------------------------------------------------------
@@ -156,7 +150,7 @@ def test_check_config_online_reaches_s3_and_the_webhook_and_posts_nothing(
 def test_check_config_online_says_what_cannot_be_reached(setup: Setup) -> None:
     folder = setup.images / "Band"
     folder.mkdir()
-    down = f"http://127.0.0.1:{_closed_port()}"
+    down = f"http://127.0.0.1:{free_port()}"
     setup.write_config(
         backup__folders=[str(folder)],
         aws__endpoint_url=down,
@@ -177,7 +171,7 @@ def test_a_dry_run_that_cannot_reach_s3_says_so_instead_of_a_plan(setup: Setup) 
     setup.file("Band/a.tif")
     setup.write_config(
         backup__folders=[str(setup.images / "Band")],
-        aws__endpoint_url=f"http://127.0.0.1:{_closed_port()}",
+        aws__endpoint_url=f"http://127.0.0.1:{free_port()}",
         aws__max_attempts=1,
     )
 
@@ -198,7 +192,7 @@ def moto_checking_keys() -> Iterator[str]:
     server = shutil.which("moto_server", path=os.path.dirname(sys.executable))
     if server is None:
         pytest.skip("moto_server is not installed in this venv")
-    port = _closed_port()
+    port = free_port()  # nothing listens there
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
     process = subprocess.Popen(

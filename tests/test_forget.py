@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from testkit.proxy import S3Proxy
 from tests.conftest import Setup, latest_versions
-from tests.s3proxy import CountingProxy
 
 
 def _key(path: Path | str) -> str:
@@ -143,7 +143,7 @@ def test_a_missing_configured_folder_says_what_to_do(setup: Setup, s3: Any) -> N
 
 
 def test_a_folder_taken_out_of_config_and_back_again_uploads_nothing(
-    setup: Setup, s3_proxy: CountingProxy
+    setup: Setup, s3_proxy: S3Proxy
 ) -> None:
     kept, dropped = setup.images / "Kept", setup.images / "Dropped"
     setup.file("Kept/a.tif", b"a")

@@ -6,13 +6,13 @@ import json
 import os
 from typing import Any
 
+from testkit.proxy import S3Proxy
 from tests.conftest import Setup
-from tests.s3proxy import CountingProxy
 from tests.test_crash import _kill_when, _start
 
 
 def test_the_next_run_marks_a_killed_run_and_reports_it_once(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy, httpserver: Any
+    setup: Setup, s3: Any, s3_proxy: S3Proxy, httpserver: Any
 ) -> None:
     folder = setup.images / "Band"
     for number in range(80):

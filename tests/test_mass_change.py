@@ -11,8 +11,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from testkit.proxy import S3Proxy
 from tests.conftest import Setup, latest_versions
-from tests.s3proxy import CountingProxy
 
 WEEK_AND_A_DAY = 8 * 24 * 3600
 
@@ -30,7 +30,7 @@ def _folder_of_40(setup: Setup, httpserver: Any) -> Path:
     return folder
 
 
-def _object_puts(proxy: CountingProxy) -> list[str]:
+def _object_puts(proxy: S3Proxy) -> list[str]:
     """Keys of the objects PUT through the proxy (path style: /bucket/key)."""
     return sorted(
         line.split(" ", 1)[1].split("?", 1)[0].split("/", 2)[2]
@@ -54,7 +54,7 @@ def _rewrite(folder: Path, numbers: range, tag: str) -> None:
 
 
 def test_30_of_40_files_rewritten_uploads_none_of_them_until_allowed(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy, httpserver: Any
+    setup: Setup, s3: Any, s3_proxy: S3Proxy, httpserver: Any
 ) -> None:
     folder = _folder_of_40(setup, httpserver)
     bucket = setup.bucket(folder)
@@ -101,7 +101,7 @@ def test_30_of_40_files_rewritten_uploads_none_of_them_until_allowed(
 
 
 def test_files_only_touched_are_held_too_and_cost_nothing_when_allowed(
-    setup: Setup, s3_proxy: CountingProxy, httpserver: Any
+    setup: Setup, s3_proxy: S3Proxy, httpserver: Any
 ) -> None:
     """The guard decides before reading a byte, so a mass `touch` looks like a change;
     allowing it uploads nothing, as the bytes equal the backup's."""

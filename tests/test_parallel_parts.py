@@ -12,99 +12,35 @@ run sends the file whole.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import random
 import signal
 import subprocess
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from testkit.proxy import S3Proxy
 from tests.conftest import CLI, Setup, latest_versions
-from tests.faultproxy import FaultProxy
-from tests.s3proxy import HOP_BY_HOP, CountingProxy, _Handler
 
 MiB = 1024 * 1024
 
 
-class SlowProxy(CountingProxy):
-    """Holds each request ``delay`` seconds; records the most requests in flight at once."""
-
-    def __init__(self, upstream: str, delay: float) -> None:
-        super().__init__(upstream)
-        self.RequestHandlerClass = _SlowHandler
-        self.delay = delay
-        self.in_flight: Counter[str] = Counter()
-        self.most: Counter[str] = Counter()  # "all", "PUT part"
-
-    def enter(self, kind: str) -> None:
-        with self._lock:
-            for name in ("all", kind):
-                self.in_flight[name] += 1
-                self.most[name] = max(self.most[name], self.in_flight[name])
-
-    def leave(self, kind: str) -> None:
-        with self._lock:
-            for name in ("all", kind):
-                self.in_flight[name] -= 1
-
-
-class _SlowHandler(_Handler):
-    server: SlowProxy
-
-    def _forward(self) -> None:
-        if self.path.startswith("/moto-api"):
-            super()._forward()
-            return
-        self.server.record(self.command, self.path)
-        part = self.command == "PUT" and "partNumber=" in self.path
-        kind = "PUT part" if part else "other"
-        body = self._read_body()
-        # Counted from a whole request to just before its answer: the client is
-        # certainly waiting in between, so this never counts more than it sends.
-        self.server.enter(kind)
-        try:
-            time.sleep(self.server.delay)
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
-            if body is not None:
-                headers["Content-Length"] = str(len(body))
-            upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
-            upstream.request(self.command, self.path, body=body, headers=headers)
-            response = upstream.getresponse()
-            data = response.read()
-            upstream.close()
-        finally:
-            self.server.leave(kind)
-        self.send_response(response.status, response.reason)
-        for key, value in response.getheaders():
-            if key.lower() not in HOP_BY_HOP and key.lower() != "content-length":
-                self.send_header(key, value)
-        head_length = response.getheader("Content-Length") if self.command == "HEAD" else None
-        self.send_header("Content-Length", head_length or str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
-
-
 @pytest.fixture()
-def slow(setup: Setup, moto_url: str) -> Iterator[SlowProxy]:
-    proxy = SlowProxy(moto_url, delay=0.25)
-    proxy.start()
+def slow(setup: Setup, moto_url: str) -> Iterator[S3Proxy]:
+    """Holds each request 0.25 s; ``most`` has the most requests in flight at once."""
+    proxy = S3Proxy(moto_url, delay_ms=250).start()
     setup.write_config(aws__endpoint_url=proxy.url)
     yield proxy
     proxy.stop()
 
 
 @pytest.fixture()
-def faults(setup: Setup, moto_url: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(moto_url, seed=13).start()
+def faults(setup: Setup, moto_url: str) -> Iterator[S3Proxy]:
+    proxy = S3Proxy(moto_url, seed=13).start()
     setup.write_config(aws__endpoint_url=proxy.url)
     yield proxy
     proxy.stop()
@@ -139,7 +75,7 @@ def _assert_whole(setup: Setup, s3: Any, folder: Path, path: Path, parts: int) -
 
 
 def test_parts_go_in_parallel_and_all_requests_stay_within_the_workers(
-    setup: Setup, s3: Any, slow: SlowProxy
+    setup: Setup, s3: Any, slow: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     big = _large(setup, "Band/big.tif", 40, seed=1)  # 8 parts of 5 MiB
@@ -155,7 +91,8 @@ def test_parts_go_in_parallel_and_all_requests_stay_within_the_workers(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert "uploaded 31/31 files" in result.stdout
-    assert slow.requests["PUT object"] == 30 + 8  # single PUTs and parts, each once
+    assert slow.requests["PUT object"] == 30  # single PUTs, each once
+    assert slow.requests["PUT part"] == 8  # and parts, each once
     assert slow.most["PUT part"] >= 2, slow.most  # the parts of one file overlapped
     assert slow.most["all"] <= 4, slow.most  # never more than backup.workers at once
     # The large file went first (its parts overlap the small files, not trail them).
@@ -167,7 +104,7 @@ def test_parts_go_in_parallel_and_all_requests_stay_within_the_workers(
     _assert_whole(setup, s3, folder, big, 8)
 
 
-def test_two_large_files_share_the_workers(setup: Setup, s3: Any, slow: SlowProxy) -> None:
+def test_two_large_files_share_the_workers(setup: Setup, s3: Any, slow: S3Proxy) -> None:
     folder = setup.images / "Band"
     first = _large(setup, "Band/a.tif", 30, seed=2)
     second = _large(setup, "Band/b.tif", 26, seed=3)  # 5 full parts and a short one
@@ -188,7 +125,7 @@ def test_two_large_files_share_the_workers(setup: Setup, s3: Any, slow: SlowProx
 
 
 def test_a_failing_part_is_retried_while_the_others_go_on(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     big = _large(setup, "Band/big.tif", 50, seed=4)  # 10 parts of 5 MiB
@@ -199,22 +136,21 @@ def test_a_failing_part_is_retried_while_the_others_go_on(
         backup__part_size_mb=5,
         aws__max_attempts=10,
     )
-    # Parts only: "PUT object" is the label of UploadPart here (no small files).
-    faults.configure(rate=0.4, kinds=("slowdown", "internal", "drop"), only={"PUT object"})
+    faults.configure(rate=0.4, kinds=("slowdown", "internal", "drop"), only={"PUT part"})
 
     result = setup.run()
 
     faults.off()
     assert result.returncode == 0, result.stdout + result.stderr
     assert faults.injected >= 2, faults.faults
-    assert faults.requests["PUT object"] == 10  # each part reached S3 exactly once
+    assert faults.requests["PUT part"] == 10  # each part reached S3 exactly once
     assert faults.requests["POST uploads"] == 1  # one multipart upload, not restarted
     assert setup.db("SELECT count(*) FROM problems") == [(0,)]
     _assert_whole(setup, s3, folder, big, 10)
 
 
 def test_a_part_failing_every_attempt_aborts_the_upload_and_the_next_run_sends_it(
-    setup: Setup, s3: Any, faults: FaultProxy
+    setup: Setup, s3: Any, faults: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     big = _large(setup, "Band/big.tif", 30, seed=5)
@@ -225,7 +161,7 @@ def test_a_part_failing_every_attempt_aborts_the_upload_and_the_next_run_sends_i
         backup__part_size_mb=5,
         aws__max_attempts=2,
     )
-    faults.configure(rate=1.0, kinds=("internal",), only={"PUT object"}, methods={"PUT"})
+    faults.configure(rate=1.0, kinds=("internal",), only={"PUT part"}, methods={"PUT"})
 
     result = setup.run()
 
@@ -237,7 +173,7 @@ def test_a_part_failing_every_attempt_aborts_the_upload_and_the_next_run_sends_i
     assert latest_versions(s3, bucket) == {}
     # No part was started after the first one failed for good: at most the
     # first four were in flight (4 workers), each tried twice.
-    assert 2 <= faults.faulted["PUT object"] <= 2 * 4, faults.faulted
+    assert 2 <= faults.faulted["PUT part"] <= 2 * 4, faults.faulted
 
     faults.off()
     again = setup.run()
@@ -247,7 +183,7 @@ def test_a_part_failing_every_attempt_aborts_the_upload_and_the_next_run_sends_i
 
 
 def test_sigterm_lets_the_parts_in_flight_finish_then_aborts_and_the_next_run_sends_it(
-    setup: Setup, s3: Any, slow: SlowProxy
+    setup: Setup, s3: Any, slow: S3Proxy
 ) -> None:
     folder = setup.images / "Band"
     big = _large(setup, "Band/big.tif", 60, seed=6)  # 12 parts
@@ -271,8 +207,10 @@ def test_sigterm_lets_the_parts_in_flight_finish_then_aborts_and_the_next_run_se
 
     bucket = setup.bucket(folder)
     assert slow.in_flight["all"] == 0
-    assert slow.requests["PUT object"] < 5 + 12  # stopped before all parts went
-    assert slow.requests["DELETE object"] == 1  # AbortMultipartUpload, once
+    assert (
+        slow.requests["PUT object"] + slow.requests["PUT part"] < 5 + 12
+    )  # stopped before all parts went
+    assert slow.requests["DELETE upload"] == 1  # AbortMultipartUpload, once
     assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
     assert _key(big) not in latest_versions(s3, bucket)
     table = setup.table(folder)

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 from pytest_httpserver import HTTPServer
 
+from testkit.proxy import S3Proxy
 from tests.conftest import REGION
-from tests.s3proxy import CountingProxy
 
 REPO = Path(__file__).resolve().parent.parent
 MARKER = "<!-- setup-steps"
@@ -83,7 +83,7 @@ def clean_machine() -> Iterator[None]:
 
 
 def test_the_readme_setup_steps_work_as_written(
-    clean_machine: None, s3_proxy: CountingProxy, s3: Any, httpserver: HTTPServer
+    clean_machine: None, s3_proxy: S3Proxy, s3: Any, httpserver: HTTPServer
 ) -> None:
     # Image folders the service user can read (tmp_path is root's only).
     images = Path(tempfile.mkdtemp(prefix="mb-readme-images-", dir="/tmp"))

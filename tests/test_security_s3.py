@@ -1,6 +1,6 @@
 """A stolen key or a ransomed server cannot destroy the archive unnoticed, against moto.
 
-Hardening S3 refuses is a warning (through tests/faultproxy.py); Object Lock on
+Hardening S3 refuses is a warning (through testkit/proxy.py); Object Lock on
 new buckets, on every upload (CRT PUT, botocore PUT, multipart) and extended
 before it lapses; a version delete refused; lifecycle rules, bucket policies and
 a weakened Object Lock found by ``verify`` and by a run.
@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
+from testkit.proxy import S3Proxy
 from tests.conftest import Setup, latest_versions
-from tests.faultproxy import FaultProxy
 
 MiB = 1024 * 1024
 DAY = 86400
 
 
 @pytest.fixture()
-def faults(setup: Setup, moto_url: str) -> Iterator[FaultProxy]:
-    proxy = FaultProxy(moto_url, seed=10).start()
+def faults(setup: Setup, moto_url: str) -> Iterator[S3Proxy]:
+    proxy = S3Proxy(moto_url, seed=10).start()
     setup.write_config(aws__endpoint_url=proxy.url)
     yield proxy
     proxy.stop()
@@ -46,7 +46,7 @@ def _tree(setup: Setup, name: str = "Band", count: int = 3) -> Path:
     ("kind", "code"), [("denied", "AccessDenied"), ("unsupported", "NotImplemented")]
 )
 def test_refused_hardening_is_a_warning_and_everything_is_uploaded(
-    setup: Setup, s3: Any, faults: FaultProxy, kind: str, code: str
+    setup: Setup, s3: Any, faults: S3Proxy, kind: str, code: str
 ) -> None:
     folder = _tree(setup)
     other = _tree(setup, "Band 2")
@@ -70,7 +70,7 @@ def test_refused_hardening_is_a_warning_and_everything_is_uploaded(
     assert setup.db("SELECT outcome, errors FROM runs") == [("ok", 0)]
 
 
-def test_refused_versioning_still_fails_the_folder(setup: Setup, faults: FaultProxy) -> None:
+def test_refused_versioning_still_fails_the_folder(setup: Setup, faults: S3Proxy) -> None:
     folder = _tree(setup)
     setup.write_config(backup__folders=[str(folder)])
     faults.configure(rate=1.0, kinds=("denied",), only={"PUT versioning"})
@@ -165,7 +165,7 @@ def test_retention_is_extended_before_it_lapses(setup: Setup, s3: Any) -> None:
 
 
 def test_a_refused_extension_is_an_error_and_tried_again_next_run(
-    setup: Setup, faults: FaultProxy
+    setup: Setup, faults: S3Proxy
 ) -> None:
     folder = _locked_setup(setup, days=1, renew_days=1)
     assert setup.run().returncode == 0

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from testkit.proxy import S3Proxy
 from tests.conftest import Setup
-from tests.s3proxy import CountingProxy
 
 
 def _backed_up(setup: Setup) -> tuple[Path, str]:
@@ -23,7 +23,7 @@ def _key(path: Path) -> str:
     return str(path).lstrip("/")
 
 
-def test_a_clean_bucket_has_no_findings_even_deep(setup: Setup, s3_proxy: CountingProxy) -> None:
+def test_a_clean_bucket_has_no_findings_even_deep(setup: Setup, s3_proxy: S3Proxy) -> None:
     _backed_up(setup)
     s3_proxy.reset_counts()
 
@@ -138,7 +138,7 @@ def test_history_lists_runs_with_per_folder_counts(setup: Setup) -> None:
 
 
 def test_an_object_outside_the_folders_prefix_is_a_stray_finding(
-    setup: Setup, s3: Any, s3_proxy: CountingProxy
+    setup: Setup, s3: Any, s3_proxy: S3Proxy
 ) -> None:
     folder, bucket = _backed_up(setup)
     # A right-to-left override and a DEL in the key: printed escaped, not as they are.
