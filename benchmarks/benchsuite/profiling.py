@@ -15,9 +15,9 @@ PHASES = [
     ("scan: walk + INSERT into temp.scan", ("scan_folder (scan.py",)),
     ("queues: set differences (build_queues)", ("build_queues (queues.py",)),
     ("apply_scan (mark pending)", ("apply_scan (queues.py",)),
-    ("S3 client creation (boto3 session, models)", ("connect (s3.py",)),
+    ("S3 client creation (boto3 session, models)", ("connect (client.py",)),
     ("bucket listing + adopt_listing", ("adopt_listing (", "list_latest (")),
-    ("uploads / deletes (worker)", ("upload_all (", "delete_all (", "upload (s3.py")),
+    ("uploads / deletes (worker)", ("upload_all (", "delete_all (", "upload (upload.py")),
     ("open state.db, migrations", ("open_state_db", "upgrade (engine.py")),
     ("imports (interpreter start)", ("_find_and_load (",)),
 ]
@@ -26,7 +26,7 @@ PHASES = [
 # Where the CPU of an upload goes (GIL samples), by the first of these in the stack,
 # innermost frames first.
 UPLOAD_PARTS = [
-    ("read + SHA-256 of the file (upload in s3.py, C code)", ("upload (s3.py)",), True),
+    ("read + SHA-256 of the file (upload in s3/upload.py, C code)", ("upload (upload.py)",), True),
     (
         "SigV4 signing",
         ("SigV4Auth", "add_auth (auth.py)", "RequestSigner.sign (signers.py)"),
