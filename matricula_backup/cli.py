@@ -37,7 +37,7 @@ from matricula_backup.escape import printable
 from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
-from matricula_backup.report import Problem, RunReport, run_line
+from matricula_backup.report import Problem, RunReport
 
 if TYPE_CHECKING:
     from matricula_backup import online
@@ -200,7 +200,7 @@ def backup(
     if not quiet:
         for line in output.backup_lines(report, dry_run, settings.prices):
             typer.echo(line)
-    logger.info("%s", run_line(report))
+    logger.info("%s", output.run_line(report))
     for line in output.problem_lines(report.problems, report.error_count, log_path):
         typer.echo(line, err=True)
     if not dry_run:

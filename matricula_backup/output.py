@@ -19,17 +19,89 @@ from typing import TYPE_CHECKING
 from matricula_backup import pricing
 from matricula_backup.escape import printable
 from matricula_backup.pricing import BILLED_AS_PUT, KB, Prices, usd
-from matricula_backup.report import folder_line, human_bytes, run_line
+from matricula_backup.report import human_bytes
 
 if TYPE_CHECKING:
     from matricula_backup.config import ObjectLock
     from matricula_backup.folders import BackupFolder
-    from matricula_backup.report import RunReport
+    from matricula_backup.report import FolderReport, RunReport
     from matricula_backup.restore import RestoreOptions, RestoreReport
     from matricula_backup.status import FolderStatus, HistoryRun, Status
     from matricula_backup.verify import FolderCheck, VerifyReport
 
 SHOWN_PROBLEMS = 20  # on stderr; the log has them all
+
+
+def folder_line(report: FolderReport, dry_run: bool) -> str:
+    """One line per backup folder, for stdout and the log."""
+    excluded = f"; {report.excluded} excluded by backup.exclude" if report.excluded else ""
+    folder = printable(report.folder)  # a subfolder of a root: named by whoever made it
+    held = (
+        f"; {report.changes_held} changed files held back (mass change guard)"
+        if report.changes_held
+        else ""
+    )
+    if dry_run:
+        return (
+            f"{folder} -> s3://{report.bucket}: {_would_upload(report)}, would delete "
+            f"{report.to_delete} files ({human_bytes(report.bytes_to_delete)}); "
+            f"{report.files_seen} files ({human_bytes(report.bytes_seen)}) on disk{excluded}{held}"
+            + (f"; would extend Object Lock on {report.to_extend}" if report.to_extend else "")
+        )
+    # Files found unchanged (only touched, or already in the bucket after a lost
+    # state.db) were never going to be uploaded.
+    to_upload = report.to_upload - report.same_content - report.already_in_bucket
+    line = (
+        f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{to_upload} "
+        f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"
+        f"{report.to_delete}; {report.files_seen} files ({human_bytes(report.bytes_seen)}) "
+        f"on disk{excluded}"
+    )
+    if report.already_in_bucket:
+        line += f"; {report.already_in_bucket} found already in the bucket"
+    if report.same_content:
+        line += f"; {report.same_content} unchanged (only touched, same bytes: not uploaded)"
+    if report.to_extend:
+        line += f"; Object Lock extended on {report.extended}/{report.to_extend}"
+    line += held
+    if report.errors:
+        line += f"; {report.errors} errors"
+    return line
+
+
+def _would_upload(report: FolderReport) -> str:
+    """A dry run's uploads; files whose mtime alone changed are checks (read and compared
+    with the SHA-256 of their upload; sent only if the bytes differ)."""
+    text = (
+        f"would upload {report.to_upload - report.to_check} files "
+        f"({human_bytes(report.bytes_to_upload - report.bytes_to_check)})"
+    )
+    if report.to_check:
+        text += (
+            f", would check {report.to_check} (mtime only changed; uploaded only if the "
+            "bytes differ)"
+        )
+    return text
+
+
+def run_line(run: RunReport) -> str:
+    """The one-line summary of the whole run."""
+    total = run.totals()
+    verb = "dry run" if run.dry_run else "backup"
+    state = (
+        "interrupted" if run.interrupted else ("done with errors" if run.error_count else "done")
+    )
+    if run.dry_run:
+        work = f"{_would_upload(total)}, would delete {total.to_delete}"
+    else:
+        work = (
+            f"uploaded {total.uploaded} files ({human_bytes(total.bytes_uploaded)}), "
+            f"deleted {total.deleted}, {run.s3_requests} S3 requests"
+        )
+    return (
+        f"{verb} {state}: {len(run.folders)} folders, {total.files_seen} files; {work}; "
+        f"{run.error_count} errors"
+    )
 
 
 def problem_lines(problems: Sequence[object], total: int, log_path: Path | None) -> list[str]:

@@ -23,8 +23,9 @@ from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
 from matricula_backup.errors import ConfigError, FolderError, S3Unreachable
 from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder, backup_folders
+from matricula_backup.output import folder_line
 from matricula_backup.progress import NoProgress, RunProgress
-from matricula_backup.report import FolderReport, Problem, RunReport, folder_line
+from matricula_backup.report import FolderReport, Problem, RunReport
 from matricula_backup.s3 import buckets, client, objects
 from matricula_backup.scan import scan_folder
 
