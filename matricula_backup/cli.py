@@ -481,8 +481,6 @@ def drill(
     from matricula_backup import notify
     from matricula_backup.drill import advance as drill_advance
     from matricula_backup.drill import card_items as drill_card_items
-    from matricula_backup.drill import cost_line as drill_cost_line
-    from matricula_backup.drill import drill_lines
     from matricula_backup.drill import start_or_resume as drill_start
     from matricula_backup.restore import TIERS
 
@@ -498,16 +496,16 @@ def drill(
                 if not quiet:
                     typer.echo(output.drill_none_due_line(every))
                 raise typer.Exit(EXIT_OK)
-            logger.info("%s", drill_cost_line(current))
+            logger.info("%s", output.drill_cost_line(current))
             if not quiet:
-                typer.echo(drill_cost_line(current))
+                typer.echo(output.drill_cost_line(current))
             try:
                 current = drill_advance(settings, current)
             except KeyboardInterrupt:
                 logger.error("interrupted; run the same command again to go on")
                 raise typer.Exit(EXIT_INTERRUPTED) from None
     failed = bool(current.failed or current.errors)  # said at once; the card waits for the end
-    for line in drill_lines(current):
+    for line in output.drill_lines(current):
         logger.info("%s", line)
         if not quiet or failed:
             typer.echo(printable(line), err=line.startswith(("failed:", "error:")))

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 
 from matricula_backup import pricing
 from matricula_backup.escape import printable
-from matricula_backup.pricing import BILLED_AS_PUT, KB, Prices, usd
+from matricula_backup.pricing import BILLED_AS_PUT, KB, RESTORE_HOURS, Prices, usd
 from matricula_backup.report import human_bytes
 
 if TYPE_CHECKING:
     from matricula_backup.config import ObjectLock
+    from matricula_backup.drill import DrillReport
     from matricula_backup.folders import BackupFolder
     from matricula_backup.report import FolderReport, RunReport
     from matricula_backup.restore import RestoreOptions, RestoreReport
@@ -393,3 +394,36 @@ def history_lines(runs: list[HistoryRun]) -> list[str]:
 
 def _when(seconds: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "never"
+
+
+def drill_cost_line(report: DrillReport) -> str:
+    """Printed before any request is sent."""
+    return (
+        f"drill #{report.drill_id}{' (new)' if report.new else ''}: {len(report.objects)} "
+        f"objects, {report.tier} tier; cost of what is left: about {usd(report.cost)} (restore "
+        "requests and retrieval, downloads, one version listing each)"
+    )
+
+
+def drill_lines(report: DrillReport) -> list[str]:
+    """Where the drill stands after this invocation."""
+    pending = len(report.objects) - report.checked
+    lines = []
+    if report.finished:
+        verdict = "PASSED" if report.passed else "FAILED"
+        lines.append(
+            f"drill #{report.drill_id} {verdict}: {report.checked - len(report.failed)} of "
+            f"{len(report.objects)} restored copies identical"
+        )
+    else:
+        lines.append(
+            f"{report.checked} of {len(report.objects)} checked; {report.requested} restores "
+            f"requested now, {pending} waiting: S3 makes {report.tier} restores readable within "
+            f"{RESTORE_HOURS.get(report.tier, 48)} hours; run matricula-backup drill again "
+            "(the monthly timer does, daily until it is done)"
+        )
+    return (
+        lines
+        + [f"failed: {o.folder}/{o.path}: {o.detail}" for o in report.failed]
+        + [f"error: {error}" for error in report.errors]
+    )
