@@ -416,7 +416,7 @@ def scrub(
     from matricula_backup import notify
     from matricula_backup.scrub import accept as run_scrub_accept
     from matricula_backup.scrub import card_items as scrub_card_items
-    from matricula_backup.scrub import run_scrub, scrub_lines
+    from matricula_backup.scrub import run_scrub
 
     cache, log_path = _start(cache, verbose)
     with _fatal_errors_exit():
@@ -432,7 +432,7 @@ def scrub(
             except KeyboardInterrupt:
                 logger.error("interrupted; what was read is recorded")
                 raise typer.Exit(EXIT_INTERRUPTED) from None
-    for line in scrub_lines(report):
+    for line in output.scrub_lines(report):
         logger.info("%s", line)
         if not quiet:
             typer.echo(printable(line))

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from matricula_backup.folders import BackupFolder
     from matricula_backup.report import FolderReport, RunReport
     from matricula_backup.restore import RestoreOptions, RestoreReport
+    from matricula_backup.scrub import ScrubReport
     from matricula_backup.status import FolderStatus, HistoryRun, Status
     from matricula_backup.verify import FolderCheck, VerifyReport
 
@@ -427,3 +428,20 @@ def drill_lines(report: DrillReport) -> list[str]:
         + [f"failed: {o.folder}/{o.path}: {o.detail}" for o in report.failed]
         + [f"error: {error}" for error in report.errors]
     )
+
+
+def scrub_lines(report: ScrubReport) -> list[str]:
+    """The summary a person reads (stdout) and the log keeps."""
+    mib = report.bytes_read / 1024**2
+    lines = [
+        f"scrub: {report.checked} files read ({mib:.1f} MiB in {report.seconds:.0f} s) of "
+        f"{report.due} due; {len(report.failures)} fixity failures; {report.left} left for the "
+        f"next scrub; {report.skipped} changed since their upload (the next run backs them up)"
+    ]
+    lines += [f"no longer held (the good bytes are back): {path}" for path in report.released]
+    if report.held:
+        lines.append(
+            f"{report.held} files held (not uploaded over their good copy): restore the good "
+            "copy or run matricula-backup scrub --accept PATH"
+        )
+    return lines
