@@ -596,7 +596,7 @@ def forget_command(
 
     Example: matricula-backup forget --cache /var/lib/matricula-backup /images/archive/Graz
     """
-    from matricula_backup.forget import forget_lines, run_forget
+    from matricula_backup.forget import run_forget
 
     cache, _log_path = _start(cache, False)
     selected = [os.path.normpath(path.absolute()) for path in paths]
@@ -607,7 +607,7 @@ def forget_command(
         else:
             with exclusive_lock(cache):
                 report = run_forget(settings, selected, dry_run)
-    for line in forget_lines(report, dry_run):
+    for line in output.forget_lines(report, dry_run):
         typer.echo(line)
         logger.info("%s", line)
     raise typer.Exit(EXIT_OK)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from matricula_backup.config import ObjectLock
     from matricula_backup.drill import DrillReport
     from matricula_backup.folders import BackupFolder
+    from matricula_backup.forget import ForgetReport
     from matricula_backup.report import FolderReport, RunReport
     from matricula_backup.restore import RestoreOptions, RestoreReport
     from matricula_backup.scrub import ScrubReport
@@ -443,5 +444,31 @@ def scrub_lines(report: ScrubReport) -> list[str]:
         lines.append(
             f"{report.held} files held (not uploaded over their good copy): restore the good "
             "copy or run matricula-backup scrub --accept PATH"
+        )
+    return lines
+
+
+def forget_lines(report: ForgetReport, dry_run: bool) -> list[str]:
+    """What forget did (or would do), one line per path given."""
+    # the paths' own escaping (not valid UTF-8 as backslash escapes), as folders.py prints them
+    from matricula_backup.folders import printable as path_printable
+
+    lines = []
+    for item in report.plans:
+        folder = item.folder
+        lines.append(
+            f"{'would forget' if dry_run else 'forgot'} {path_printable(folder.path)}: "
+            f"{'would drop' if dry_run else 'dropped'} its files table {folder.table} "
+            f"({item.file_rows} rows), its folders row and {item.restore_rows} restore records "
+            f"(its history stays); bucket {folder.bucket} and its objects are kept"
+        )
+    for path in report.unknown:
+        lines.append(
+            f"{path_printable(path)}: not recorded in state.db (forgotten already?); nothing to do"
+        )
+    for path in report.still_configured:
+        lines.append(
+            f"{path_printable(path)}: still in config.json: the next runs report it missing "
+            "until you remove it from there"
         )
     return lines
