@@ -37,7 +37,7 @@ from matricula_backup.escape import printable
 from matricula_backup.localfs import current_umask
 from matricula_backup.lock import exclusive_lock
 from matricula_backup.logs import LOG_NAME, setup_logging
-from matricula_backup.report import Problem, RunReport, run_line
+from matricula_backup.report import Problem, RunReport
 
 if TYPE_CHECKING:
     from matricula_backup import online
@@ -200,7 +200,7 @@ def backup(
     if not quiet:
         for line in output.backup_lines(report, dry_run, settings.prices):
             typer.echo(line)
-    logger.info("%s", run_line(report))
+    logger.info("%s", output.run_line(report))
     for line in output.problem_lines(report.problems, report.error_count, log_path):
         typer.echo(line, err=True)
     if not dry_run:
@@ -416,7 +416,7 @@ def scrub(
     from matricula_backup import notify
     from matricula_backup.scrub import accept as run_scrub_accept
     from matricula_backup.scrub import card_items as scrub_card_items
-    from matricula_backup.scrub import run_scrub, scrub_lines
+    from matricula_backup.scrub import run_scrub
 
     cache, log_path = _start(cache, verbose)
     with _fatal_errors_exit():
@@ -432,7 +432,7 @@ def scrub(
             except KeyboardInterrupt:
                 logger.error("interrupted; what was read is recorded")
                 raise typer.Exit(EXIT_INTERRUPTED) from None
-    for line in scrub_lines(report):
+    for line in output.scrub_lines(report):
         logger.info("%s", line)
         if not quiet:
             typer.echo(printable(line))
@@ -481,8 +481,6 @@ def drill(
     from matricula_backup import notify
     from matricula_backup.drill import advance as drill_advance
     from matricula_backup.drill import card_items as drill_card_items
-    from matricula_backup.drill import cost_line as drill_cost_line
-    from matricula_backup.drill import drill_lines
     from matricula_backup.drill import start_or_resume as drill_start
     from matricula_backup.restore import TIERS
 
@@ -498,16 +496,16 @@ def drill(
                 if not quiet:
                     typer.echo(output.drill_none_due_line(every))
                 raise typer.Exit(EXIT_OK)
-            logger.info("%s", drill_cost_line(current))
+            logger.info("%s", output.drill_cost_line(current))
             if not quiet:
-                typer.echo(drill_cost_line(current))
+                typer.echo(output.drill_cost_line(current))
             try:
                 current = drill_advance(settings, current)
             except KeyboardInterrupt:
                 logger.error("interrupted; run the same command again to go on")
                 raise typer.Exit(EXIT_INTERRUPTED) from None
     failed = bool(current.failed or current.errors)  # said at once; the card waits for the end
-    for line in drill_lines(current):
+    for line in output.drill_lines(current):
         logger.info("%s", line)
         if not quiet or failed:
             typer.echo(printable(line), err=line.startswith(("failed:", "error:")))
@@ -598,7 +596,7 @@ def forget_command(
 
     Example: matricula-backup forget --cache /var/lib/matricula-backup /images/archive/Graz
     """
-    from matricula_backup.forget import forget_lines, run_forget
+    from matricula_backup.forget import run_forget
 
     cache, _log_path = _start(cache, False)
     selected = [os.path.normpath(path.absolute()) for path in paths]
@@ -609,7 +607,7 @@ def forget_command(
         else:
             with exclusive_lock(cache):
                 report = run_forget(settings, selected, dry_run)
-    for line in forget_lines(report, dry_run):
+    for line in output.forget_lines(report, dry_run):
         typer.echo(line)
         logger.info("%s", line)
     raise typer.Exit(EXIT_OK)

@@ -28,7 +28,6 @@ from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db
 from matricula_backup.db.schema import BACKED_UP
 from matricula_backup.errors import ChecksumMismatch, FatalError
-from matricula_backup.pricing import RESTORE_HOURS, usd
 from matricula_backup.s3 import client, objects
 
 logger = logging.getLogger(__name__)
@@ -331,39 +330,6 @@ def _done(
         conn, [fixity.Event(folder, path, fixity.DRILL, "bucket", result, version_id, detail)]
     )
     (logger.info if ok else logger.error)("drill: %s/%s: %s", folder, path, detail)
-
-
-def cost_line(report: DrillReport) -> str:
-    """Printed before any request is sent."""
-    return (
-        f"drill #{report.drill_id}{' (new)' if report.new else ''}: {len(report.objects)} "
-        f"objects, {report.tier} tier; cost of what is left: about {usd(report.cost)} (restore "
-        "requests and retrieval, downloads, one version listing each)"
-    )
-
-
-def drill_lines(report: DrillReport) -> list[str]:
-    """Where the drill stands after this invocation."""
-    pending = len(report.objects) - report.checked
-    lines = []
-    if report.finished:
-        verdict = "PASSED" if report.passed else "FAILED"
-        lines.append(
-            f"drill #{report.drill_id} {verdict}: {report.checked - len(report.failed)} of "
-            f"{len(report.objects)} restored copies identical"
-        )
-    else:
-        lines.append(
-            f"{report.checked} of {len(report.objects)} checked; {report.requested} restores "
-            f"requested now, {pending} waiting: S3 makes {report.tier} restores readable within "
-            f"{RESTORE_HOURS.get(report.tier, 48)} hours; run matricula-backup drill again "
-            "(the monthly timer does, daily until it is done)"
-        )
-    return (
-        lines
-        + [f"failed: {o.folder}/{o.path}: {o.detail}" for o in report.failed]
-        + [f"error: {error}" for error in report.errors]
-    )
 
 
 def card_items(report: DrillReport) -> list[tuple[str, list[tuple[str, str]], str | None]]:

@@ -228,25 +228,3 @@ def run_forget(settings: Settings, paths: list[str], dry_run: bool) -> ForgetRep
     finally:
         engine.dispose()
     return ForgetReport(plans, unknown, still)
-
-
-def forget_lines(report: ForgetReport, dry_run: bool) -> list[str]:
-    lines = []
-    for item in report.plans:
-        folder = item.folder
-        lines.append(
-            f"{'would forget' if dry_run else 'forgot'} {printable(folder.path)}: "
-            f"{'would drop' if dry_run else 'dropped'} its files table {folder.table} "
-            f"({item.file_rows} rows), its folders row and {item.restore_rows} restore records "
-            f"(its history stays); bucket {folder.bucket} and its objects are kept"
-        )
-    for path in report.unknown:
-        lines.append(
-            f"{printable(path)}: not recorded in state.db (forgotten already?); nothing to do"
-        )
-    for path in report.still_configured:
-        lines.append(
-            f"{printable(path)}: still in config.json: the next runs report it missing until you "
-            "remove it from there"
-        )
-    return lines

@@ -18,18 +18,93 @@ from typing import TYPE_CHECKING
 
 from matricula_backup import pricing
 from matricula_backup.escape import printable
-from matricula_backup.pricing import BILLED_AS_PUT, KB, Prices, usd
-from matricula_backup.report import folder_line, human_bytes, run_line
+from matricula_backup.pricing import BILLED_AS_PUT, KB, RESTORE_HOURS, Prices, usd
+from matricula_backup.report import human_bytes
 
 if TYPE_CHECKING:
     from matricula_backup.config import ObjectLock
+    from matricula_backup.drill import DrillReport
     from matricula_backup.folders import BackupFolder
-    from matricula_backup.report import RunReport
+    from matricula_backup.forget import ForgetReport
+    from matricula_backup.report import FolderReport, RunReport
     from matricula_backup.restore import RestoreOptions, RestoreReport
+    from matricula_backup.scrub import ScrubReport
     from matricula_backup.status import FolderStatus, HistoryRun, Status
     from matricula_backup.verify import FolderCheck, VerifyReport
 
 SHOWN_PROBLEMS = 20  # on stderr; the log has them all
+
+
+def folder_line(report: FolderReport, dry_run: bool) -> str:
+    """One line per backup folder, for stdout and the log."""
+    excluded = f"; {report.excluded} excluded by backup.exclude" if report.excluded else ""
+    folder = printable(report.folder)  # a subfolder of a root: named by whoever made it
+    held = (
+        f"; {report.changes_held} changed files held back (mass change guard)"
+        if report.changes_held
+        else ""
+    )
+    if dry_run:
+        return (
+            f"{folder} -> s3://{report.bucket}: {_would_upload(report)}, would delete "
+            f"{report.to_delete} files ({human_bytes(report.bytes_to_delete)}); "
+            f"{report.files_seen} files ({human_bytes(report.bytes_seen)}) on disk{excluded}{held}"
+            + (f"; would extend Object Lock on {report.to_extend}" if report.to_extend else "")
+        )
+    # Files found unchanged (only touched, or already in the bucket after a lost
+    # state.db) were never going to be uploaded.
+    to_upload = report.to_upload - report.same_content - report.already_in_bucket
+    line = (
+        f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{to_upload} "
+        f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"
+        f"{report.to_delete}; {report.files_seen} files ({human_bytes(report.bytes_seen)}) "
+        f"on disk{excluded}"
+    )
+    if report.already_in_bucket:
+        line += f"; {report.already_in_bucket} found already in the bucket"
+    if report.same_content:
+        line += f"; {report.same_content} unchanged (only touched, same bytes: not uploaded)"
+    if report.to_extend:
+        line += f"; Object Lock extended on {report.extended}/{report.to_extend}"
+    line += held
+    if report.errors:
+        line += f"; {report.errors} errors"
+    return line
+
+
+def _would_upload(report: FolderReport) -> str:
+    """A dry run's uploads; files whose mtime alone changed are checks (read and compared
+    with the SHA-256 of their upload; sent only if the bytes differ)."""
+    text = (
+        f"would upload {report.to_upload - report.to_check} files "
+        f"({human_bytes(report.bytes_to_upload - report.bytes_to_check)})"
+    )
+    if report.to_check:
+        text += (
+            f", would check {report.to_check} (mtime only changed; uploaded only if the "
+            "bytes differ)"
+        )
+    return text
+
+
+def run_line(run: RunReport) -> str:
+    """The one-line summary of the whole run."""
+    total = run.totals()
+    verb = "dry run" if run.dry_run else "backup"
+    state = (
+        "interrupted" if run.interrupted else ("done with errors" if run.error_count else "done")
+    )
+    if run.dry_run:
+        work = f"{_would_upload(total)}, would delete {total.to_delete}"
+    else:
+        work = (
+            f"uploaded {total.uploaded} files ({human_bytes(total.bytes_uploaded)}), "
+            f"deleted {total.deleted}, {run.s3_requests} S3 requests"
+        )
+    return (
+        f"{verb} {state}: {len(run.folders)} folders, {total.files_seen} files; {work}; "
+        f"{run.error_count} errors"
+    )
 
 
 def problem_lines(problems: Sequence[object], total: int, log_path: Path | None) -> list[str]:
@@ -321,3 +396,79 @@ def history_lines(runs: list[HistoryRun]) -> list[str]:
 
 def _when(seconds: int | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(seconds)) if seconds else "never"
+
+
+def drill_cost_line(report: DrillReport) -> str:
+    """Printed before any request is sent."""
+    return (
+        f"drill #{report.drill_id}{' (new)' if report.new else ''}: {len(report.objects)} "
+        f"objects, {report.tier} tier; cost of what is left: about {usd(report.cost)} (restore "
+        "requests and retrieval, downloads, one version listing each)"
+    )
+
+
+def drill_lines(report: DrillReport) -> list[str]:
+    """Where the drill stands after this invocation."""
+    pending = len(report.objects) - report.checked
+    lines = []
+    if report.finished:
+        verdict = "PASSED" if report.passed else "FAILED"
+        lines.append(
+            f"drill #{report.drill_id} {verdict}: {report.checked - len(report.failed)} of "
+            f"{len(report.objects)} restored copies identical"
+        )
+    else:
+        lines.append(
+            f"{report.checked} of {len(report.objects)} checked; {report.requested} restores "
+            f"requested now, {pending} waiting: S3 makes {report.tier} restores readable within "
+            f"{RESTORE_HOURS.get(report.tier, 48)} hours; run matricula-backup drill again "
+            "(the monthly timer does, daily until it is done)"
+        )
+    return (
+        lines
+        + [f"failed: {o.folder}/{o.path}: {o.detail}" for o in report.failed]
+        + [f"error: {error}" for error in report.errors]
+    )
+
+
+def scrub_lines(report: ScrubReport) -> list[str]:
+    """The summary a person reads (stdout) and the log keeps."""
+    mib = report.bytes_read / 1024**2
+    lines = [
+        f"scrub: {report.checked} files read ({mib:.1f} MiB in {report.seconds:.0f} s) of "
+        f"{report.due} due; {len(report.failures)} fixity failures; {report.left} left for the "
+        f"next scrub; {report.skipped} changed since their upload (the next run backs them up)"
+    ]
+    lines += [f"no longer held (the good bytes are back): {path}" for path in report.released]
+    if report.held:
+        lines.append(
+            f"{report.held} files held (not uploaded over their good copy): restore the good "
+            "copy or run matricula-backup scrub --accept PATH"
+        )
+    return lines
+
+
+def forget_lines(report: ForgetReport, dry_run: bool) -> list[str]:
+    """What forget did (or would do), one line per path given."""
+    # the paths' own escaping (not valid UTF-8 as backslash escapes), as folders.py prints them
+    from matricula_backup.folders import printable as path_printable
+
+    lines = []
+    for item in report.plans:
+        folder = item.folder
+        lines.append(
+            f"{'would forget' if dry_run else 'forgot'} {path_printable(folder.path)}: "
+            f"{'would drop' if dry_run else 'dropped'} its files table {folder.table} "
+            f"({item.file_rows} rows), its folders row and {item.restore_rows} restore records "
+            f"(its history stays); bucket {folder.bucket} and its objects are kept"
+        )
+    for path in report.unknown:
+        lines.append(
+            f"{path_printable(path)}: not recorded in state.db (forgotten already?); nothing to do"
+        )
+    for path in report.still_configured:
+        lines.append(
+            f"{path_printable(path)}: still in config.json: the next runs report it missing "
+            "until you remove it from there"
+        )
+    return lines

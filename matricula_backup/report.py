@@ -1,4 +1,4 @@
-"""What a run did: per-folder counts, the problems met, and the text of the summary.
+"""What a run did: per-folder counts and the problems met (their text is in output.py).
 
 Every stage appends to these plain objects; ``cli.py`` prints them, ``notify.py``
 turns them into a Teams card and ``run.py`` records them in the database.
@@ -10,7 +10,6 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
-from matricula_backup.escape import printable
 from matricula_backup.model import Problem as Problem
 
 logger = logging.getLogger(__name__)
@@ -117,75 +116,3 @@ def human_bytes(count: int) -> str:
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
-
-
-def folder_line(report: FolderReport, dry_run: bool) -> str:
-    """One line per backup folder, for stdout and the log."""
-    excluded = f"; {report.excluded} excluded by backup.exclude" if report.excluded else ""
-    folder = printable(report.folder)  # a subfolder of a root: named by whoever made it
-    held = (
-        f"; {report.changes_held} changed files held back (mass change guard)"
-        if report.changes_held
-        else ""
-    )
-    if dry_run:
-        return (
-            f"{folder} -> s3://{report.bucket}: {_would_upload(report)}, would delete "
-            f"{report.to_delete} files ({human_bytes(report.bytes_to_delete)}); "
-            f"{report.files_seen} files ({human_bytes(report.bytes_seen)}) on disk{excluded}{held}"
-            + (f"; would extend Object Lock on {report.to_extend}" if report.to_extend else "")
-        )
-    # Files found unchanged (only touched, or already in the bucket after a lost
-    # state.db) were never going to be uploaded.
-    to_upload = report.to_upload - report.same_content - report.already_in_bucket
-    line = (
-        f"{folder} -> s3://{report.bucket}: uploaded {report.uploaded}/{to_upload} "
-        f"files ({human_bytes(report.bytes_uploaded)}), deleted {report.deleted}/"
-        f"{report.to_delete}; {report.files_seen} files ({human_bytes(report.bytes_seen)}) "
-        f"on disk{excluded}"
-    )
-    if report.already_in_bucket:
-        line += f"; {report.already_in_bucket} found already in the bucket"
-    if report.same_content:
-        line += f"; {report.same_content} unchanged (only touched, same bytes: not uploaded)"
-    if report.to_extend:
-        line += f"; Object Lock extended on {report.extended}/{report.to_extend}"
-    line += held
-    if report.errors:
-        line += f"; {report.errors} errors"
-    return line
-
-
-def _would_upload(report: FolderReport) -> str:
-    """A dry run's uploads; files whose mtime alone changed are checks (read and compared
-    with the SHA-256 of their upload; sent only if the bytes differ)."""
-    text = (
-        f"would upload {report.to_upload - report.to_check} files "
-        f"({human_bytes(report.bytes_to_upload - report.bytes_to_check)})"
-    )
-    if report.to_check:
-        text += (
-            f", would check {report.to_check} (mtime only changed; uploaded only if the "
-            "bytes differ)"
-        )
-    return text
-
-
-def run_line(run: RunReport) -> str:
-    """The one-line summary of the whole run."""
-    total = run.totals()
-    verb = "dry run" if run.dry_run else "backup"
-    state = (
-        "interrupted" if run.interrupted else ("done with errors" if run.error_count else "done")
-    )
-    if run.dry_run:
-        work = f"{_would_upload(total)}, would delete {total.to_delete}"
-    else:
-        work = (
-            f"uploaded {total.uploaded} files ({human_bytes(total.bytes_uploaded)}), "
-            f"deleted {total.deleted}, {run.s3_requests} S3 requests"
-        )
-    return (
-        f"{verb} {state}: {len(run.folders)} folders, {total.files_seen} files; {work}; "
-        f"{run.error_count} errors"
-    )

@@ -23,8 +23,9 @@ from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
 from matricula_backup.errors import ConfigError, FolderError, S3Unreachable
 from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder, backup_folders
+from matricula_backup.output import folder_line, scrub_lines
 from matricula_backup.progress import NoProgress, RunProgress
-from matricula_backup.report import FolderReport, Problem, RunReport, folder_line
+from matricula_backup.report import FolderReport, Problem, RunReport
 from matricula_backup.s3 import buckets, client, objects
 from matricula_backup.scan import scan_folder
 
@@ -324,7 +325,7 @@ def _backup_folder(
 def _nightly_scrub(conn: Connection, settings: Settings, report: RunReport) -> None:
     """preservation.scrub_nightly: the due share after the backup, within its time budget."""
     scrubbed = scrub.scrub(conn, settings, settings.preservation.scrub_nightly_minutes)
-    for line in scrub.scrub_lines(scrubbed):
+    for line in scrub_lines(scrubbed):
         logger.info("%s", line)
     for failure in scrubbed.failures:
         report.add_problem(Problem(failure.folder, "fixity", failure.message(), failure.full_path))

@@ -308,23 +308,6 @@ def accept(settings: Settings, target: Path) -> tuple[str, fixity.Hold]:
     raise ConfigError(f"--accept {full}: not a held file{listed}")
 
 
-def scrub_lines(report: ScrubReport) -> list[str]:
-    """The summary a person reads (stdout) and the log keeps."""
-    mib = report.bytes_read / 1024**2
-    lines = [
-        f"scrub: {report.checked} files read ({mib:.1f} MiB in {report.seconds:.0f} s) of "
-        f"{report.due} due; {len(report.failures)} fixity failures; {report.left} left for the "
-        f"next scrub; {report.skipped} changed since their upload (the next run backs them up)"
-    ]
-    lines += [f"no longer held (the good bytes are back): {path}" for path in report.released]
-    if report.held:
-        lines.append(
-            f"{report.held} files held (not uploaded over their good copy): restore the good "
-            "copy or run matricula-backup scrub --accept PATH"
-        )
-    return lines
-
-
 def card_items(report: ScrubReport) -> list[tuple[str, list[tuple[str, str]], str | None]]:
     """What the Teams card says of each failure: path, last verified, good version, command."""
     items: list[tuple[str, list[tuple[str, str]], str | None]] = []
