@@ -59,6 +59,19 @@ def wait_http(url: str, process: subprocess.Popen[bytes], seconds: float = 60) -
         time.sleep(0.2)
 
 
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server started with ``start_new_session``: SIGTERM to its process group,
+    SIGKILL after 30 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
 class SeaweedFS:
     """``weed mini`` with its S3 gateway on 127.0.0.1; data in ``work/weed-data``,
     logs and output in ``logs``. One identity ``key``/``secret`` with every action."""
@@ -119,14 +132,7 @@ class SeaweedFS:
     def stop(self) -> None:
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        stop_group(self.process)
         for port in self.ports:  # SeaweedFS leaves its unix sockets behind
             for name in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 name.unlink(missing_ok=True)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from testkit.servers import WEED, SeaweedFS, free_port, wait_http
+from testkit.servers import WEED, SeaweedFS, free_port, stop_group, wait_http
 
 from .common import KEY, REGION, SECRET, VENV_BIN
 
@@ -65,14 +63,7 @@ class Server:
             self.process = None
         if self.process is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
+        stop_group(self.process)
         self.process = None
 
     def client(self) -> Any:
