@@ -16,9 +16,11 @@ run and scrub) or when the administrator says the new bytes are right
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -78,7 +80,12 @@ def record_uploads(conn: Connection, folder: str, done: list[Uploaded]) -> None:
 def sha256_of(path: Path, throttle: Throttle | None = None) -> bytes:
     """The SHA-256 of a file, read at most at the throttle's rate."""
     digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as handle:
+    # As the upload opens a file (s3/upload.py): no symlink followed, and a FIFO put in
+    # the file's place neither blocks the open nor is read.
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
         while chunk := handle.read(READ_CHUNK):
             if throttle is not None:
                 throttle.consume(len(chunk))
@@ -206,7 +213,7 @@ def _forget_check(conn: Connection, folder: str, path: str) -> None:
 
 def stat_key(path: Path) -> tuple[int, int] | None:
     try:
-        info = os.stat(path)
+        info = os.lstat(path)  # the scan does not follow symlinks either
     except OSError:
         return None
     return info.st_size, info.st_mtime_ns

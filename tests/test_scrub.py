@@ -164,3 +164,19 @@ def test_the_nightly_run_can_end_with_a_scrub(setup: Setup) -> None:
     result = setup.run()
     assert result.returncode == 1
     assert f"fixity failure: {folder / '001.tif'}" in result.stderr
+
+
+def test_a_fifo_put_in_a_files_place_does_not_hang_the_scrub(setup: Setup) -> None:
+    """A local user replaces a backed-up empty file by a FIFO with the same mtime: the
+    scrub (running as root) must neither block on it nor read it; it says so and goes on."""
+    folder = _backed_up(setup)
+    empty = setup.file("Taufbuch/empty.tif", b"")
+    assert setup.run().returncode == 0
+    mtime_ns = empty.stat().st_mtime_ns
+    empty.unlink()
+    os.mkfifo(empty)
+    os.utime(empty, ns=(mtime_ns, mtime_ns))
+    result = setup.run("scrub")  # a blocked open would end in setup.run's timeout
+    assert f"{folder}/empty.tif: cannot read: not a regular file" in result.stderr + result.stdout
+    assert sorted(_events(setup, "scrub")) == [("001.tif", "ok"), ("002.tif", "ok")]
+    assert setup.db("SELECT path FROM fixity_holds") == []
