@@ -22,7 +22,6 @@ one can be chosen, so they list first.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import pwd
@@ -30,14 +29,12 @@ import queue
 import re
 import shlex
 import stat
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Connection
 
@@ -46,6 +43,7 @@ from matricula_backup.config import Settings
 from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
 from matricula_backup.errors import ChecksumMismatch
 from matricula_backup.folders import backup_folders, bucket_name
+from matricula_backup.prefetch import prefetched
 from matricula_backup.report import Problem
 from matricula_backup.s3 import buckets, client, objects
 
@@ -222,7 +220,7 @@ def _streamed_batches(
     )
     targets = list(_prefixes(sources, options.selectors, report))
     last = 0
-    with _prefetched(_listing(store, targets), PAGES_AHEAD) as pages:
+    with prefetched(_listing(store, targets), PAGES_AHEAD, "restore-list") as pages:
         for first, end in _insert_pages(conn, pages, report):
             conn.exec_driver_sql(
                 "INSERT INTO temp.selection SELECT bucket, key, version_id, size, storage_class "
@@ -300,59 +298,6 @@ def _insert_pages(
                 "INSERT INTO temp.versions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
             yield first, order
-
-
-_END = object()
-
-
-@contextlib.contextmanager
-def _prefetched(source: Iterator[Any], depth: int) -> Iterator[Iterator[Any]]:
-    """``source`` run on a thread of its own, at most ``depth`` items ahead of the reader.
-
-    Leaving the block early (an error, Ctrl-C) stops the thread at its next item.
-    """
-    ahead: queue.Queue[Any] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in source:
-                if not put(item):
-                    return
-        except BaseException as exc:  # handed to the reader, which raises it
-            put(_Failed(exc))
-        put(_END)
-
-    def consume() -> Iterator[Any]:
-        while True:
-            item = ahead.get()
-            if item is _END:
-                return
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-
-    thread = threading.Thread(target=produce, name="restore-list", daemon=True)
-    thread.start()
-    try:
-        yield consume()
-    finally:
-        stop.set()
-        thread.join()
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
 
 
 def _prefixes(

@@ -9,8 +9,11 @@ millions of times (measured: the scan of 1,000,000 files took 13 s in two
 threads, 6 s in one).
 
 Input: one JSON line on stdin (``source``, ``key_prefix_bytes``, the exclude
-regexes, ``debug``). Output: pickled messages on stdout (the reader is the
-process that started this one, with the same code), see ``walk``:
+regexes, ``debug``). Output: pickled messages on stdout, each framed by its
+length (``FRAME_HEADER`` bytes, little-endian), so that the reader can take a
+whole batch off the pipe on a thread of its own while it works on the last one
+(the reader is the process that started this one, with the same code). The
+messages, see ``walk``:
 
 - ``("rows", [(path, size, mtime_ns), ...])``: regular files, at most ``BATCH_ROWS``;
 - ``("unreadable", path, abs_path, errno, strerror, is_dir)``: a directory that
@@ -35,6 +38,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 BATCH_ROWS = 20_000
+FRAME_HEADER = 8  # bytes of a frame's length
 MAX_KEY_BYTES = 1024
 _UTF8_MAX = 4  # bytes per code point
 
@@ -194,7 +198,9 @@ def main() -> None:
             path_match,
             settings["debug"],
         ):
-            pickle.dump(message, out, pickle.HIGHEST_PROTOCOL)
+            frame = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+            out.write(len(frame).to_bytes(FRAME_HEADER, "little"))
+            out.write(frame)
         out.flush()
     except BrokenPipeError:
         os._exit(0)  # the reader stopped (an error or an interrupt there)
