@@ -141,7 +141,6 @@ def backup(
     if ctx.invoked_subcommand is not None:
         return
     from matricula_backup import config_alert, notify
-    from matricula_backup.progress import TerminalProgress
     from matricula_backup.run import RunOptions, run_backup
 
     cache, log_path = _start(cache, verbose)
@@ -167,8 +166,12 @@ def backup(
                     ", --reset" if reset else "",
                 )
                 # A live display on a terminal; under cron (no TTY) only the summary.
-                live = sys.stdout.isatty() and not quiet
-                report = run_backup(settings, options, TerminalProgress() if live else None)
+                if sys.stdout.isatty() and not quiet:
+                    from matricula_backup.live import TerminalProgress
+
+                    report = run_backup(settings, options, TerminalProgress())
+                else:
+                    report = run_backup(settings, options)
     except FatalError as exc:
         logger.error("%s", exc)
         if settings is None and isinstance(exc, ConfigError) and not dry_run:

@@ -32,10 +32,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from matricula_backup import notify
 from matricula_backup.config import CONFIG_NAME, redact_url
+from matricula_backup.escape import http_url
 
 logger = logging.getLogger(__name__)
 
@@ -103,11 +102,7 @@ def webhook_in(path: Path) -> str | None:
 
 
 def _usable(url: str) -> bool:
-    try:
-        parsed = httpx.URL(url)
-    except Exception:
-        return False
-    return parsed.scheme in ("http", "https") and bool(parsed.host)
+    return http_url(url) is not None
 
 
 def _day(moment: float) -> str:

@@ -33,7 +33,6 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Self, get_args, get_origin
 
-import httpx
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -63,6 +62,7 @@ from matricula_backup.config import (
     redact_url,
 )
 from matricula_backup.errors import ConfigError
+from matricula_backup.escape import http_url
 from matricula_backup.pricing import Prices
 from matricula_backup.throttle import parse_rate
 
@@ -222,12 +222,8 @@ def _url(secret: bool) -> Any:
 
 def _check_url(url: str, secret: bool) -> None:
     shown = redact_url(url) if secret else url
-    try:
-        parsed = httpx.URL(url)
-    except Exception:
-        raise Refusal(f"not a valid URL: {shown}") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise Refusal(f"must be an http:// or https:// URL, not {shown}")
+    if http_url(url) is None:
+        raise Refusal(f"must be an http:// or https:// URL with a host, not {shown}")
 
 
 def kind(value: Any) -> str:

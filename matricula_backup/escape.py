@@ -13,6 +13,7 @@ echoed back by a server in an error, never reaches a log or stderr.
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # The credential of a Teams/Workflows webhook URL, also percent-encoded (sig%3D).
@@ -51,11 +52,32 @@ def _escape(ch: str) -> str:
 
 def redact_url(url: str) -> str:
     """The URL without its path and query: safe to log (a webhook's ``sig=`` is a secret)."""
-    # Imported here: the scan prints through this module and needs no HTTP library.
-    import httpx
-
-    try:
-        parsed = httpx.URL(url)
-    except Exception:
+    parsed = http_url(url)
+    if parsed is None:
         return "<invalid URL>"
-    return f"{parsed.scheme}://{parsed.host}/…"
+    scheme, host, _ = parsed
+    return f"{scheme}://{host}/…"
+
+
+def http_url(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of an ``http://`` or ``https://`` URL with a host, or None.
+
+    Standard library only: a run validates its config.json webhook and endpoint
+    every time, and should not load an HTTP client unless it sends something.
+    Whitespace and control characters anywhere, a missing host, a userinfo-only
+    host or a port that is not a number make the URL invalid (None).
+    """
+    if not url or any(ch <= " " or ch == "\x7f" for ch in url):
+        return None
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port that is not a number
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname
+    if scheme not in ("http", "https") or not host:
+        return None
+    if ":" in host:  # IPv6: keep the brackets of the URL form
+        host = f"[{host}]"
+    return scheme, host, port

@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-import httpx
-
 from matricula_backup.escape import REDACTED, printable, redact, redact_url
 from matricula_backup.report import Problem, RunReport, human_bytes
 
@@ -200,6 +198,8 @@ def send(webhook: str, payload: dict[str, Any], timeout: float = TIMEOUT_SECONDS
     A slow or unreachable webhook costs at most ``timeout`` seconds per phase
     (connect, send, wait for the answer).
     """
+    import httpx  # here: a run that tells nobody loads no HTTP client (start-up)
+
     where = redact_url(webhook)
     try:
         response = httpx.post(webhook, json=payload, timeout=timeout)

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-import httpx
-
 from matricula_backup.config import Settings, redact_url
+from matricula_backup.escape import http_url
 from matricula_backup.s3 import buckets, client
 
 TIMEOUT_SECONDS = 10.0
@@ -64,9 +63,11 @@ def unreachable(exc: BaseException) -> bool:
 
 def endpoint_of(store: client.Store) -> str:
     """The S3 endpoint as scheme://host[:port], without any user:password part."""
-    url = httpx.URL(str(store.client.meta.endpoint_url))
-    port = f":{url.port}" if url.port else ""
-    return f"{url.scheme}://{url.host}{port}"
+    parsed = http_url(str(store.client.meta.endpoint_url))
+    if parsed is None:
+        return "<invalid URL>"
+    scheme, host, port = parsed
+    return f"{scheme}://{host}{f':{port}' if port else ''}"
 
 
 def check_s3(settings: Settings, bucket: str) -> Check:
@@ -107,6 +108,8 @@ def check_s3(settings: Settings, bucket: str) -> Check:
 
 def check_webhook(webhook: str) -> Check:
     """A HEAD of the webhook host's root: posts nothing, sends no path and no secret."""
+    import httpx  # here: only check-config --online sends this request
+
     url = httpx.URL(webhook)
     root = url.copy_with(path="/", query=None, fragment=None, username=None, password=None)
     shown = redact_url(webhook)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import marshal
 import os
-import pickle
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_ROWS = walk.BATCH_ROWS
 MAX_KEY_BYTES = walk.MAX_KEY_BYTES
-# Batches read off the walk's pipe ahead of SQLite: pickled, about 1 MiB each.
+# Batches read off the walk's pipe ahead of SQLite: about 1 MiB each (marshal).
 FRAMES_AHEAD = 4
 
 
@@ -168,7 +168,7 @@ def _walk(source: str, key_prefix_bytes: int, excludes: Excludes | None) -> Iter
         with prefetched(_frames(process.stdout), FRAMES_AHEAD, "walk-read") as frames:
             try:
                 for frame in frames:
-                    message = pickle.loads(frame)
+                    message = marshal.loads(frame)
                     yield message
                     done = message[0] == "done"
             finally:
@@ -191,7 +191,7 @@ def _walk(source: str, key_prefix_bytes: int, excludes: Excludes | None) -> Iter
 
 
 def _frames(stream: IO[bytes]) -> Iterator[bytes]:
-    """The walk's messages as pickled bytes, one frame at a time, until the pipe ends."""
+    """The walk's messages as marshalled bytes, one frame at a time, until the pipe ends."""
     while True:
         header = stream.read(walk.FRAME_HEADER)
         if len(header) < walk.FRAME_HEADER:

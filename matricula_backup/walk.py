@@ -9,10 +9,11 @@ millions of times (measured: the scan of 1,000,000 files took 13 s in two
 threads, 6 s in one).
 
 Input: one JSON line on stdin (``source``, ``key_prefix_bytes``, the exclude
-regexes, ``debug``). Output: pickled messages on stdout, each framed by its
-length (``FRAME_HEADER`` bytes, little-endian), so that the reader can take a
-whole batch off the pipe on a thread of its own while it works on the last one
-(the reader is the process that started this one, with the same code). The
+regexes, ``debug``). Output: messages on stdout in ``marshal``'s format (the
+reader is the process that started this one, with the same interpreter;
+measured 5x faster to write than pickle), each framed by its length
+(``FRAME_HEADER`` bytes, little-endian), so that the reader can take a whole
+batch off the pipe on a thread of its own while it works on the last one. The
 messages, see ``walk``:
 
 - ``("rows", [(path, size, mtime_ns), ...])``: regular files, at most ``BATCH_ROWS``;
@@ -29,8 +30,8 @@ Symlinks are not followed; FIFOs, sockets and devices are skipped.
 from __future__ import annotations
 
 import json
+import marshal
 import os
-import pickle
 import re
 import signal
 import sys
@@ -41,6 +42,8 @@ BATCH_ROWS = 20_000
 FRAME_HEADER = 8  # bytes of a frame's length
 MAX_KEY_BYTES = 1024
 _UTF8_MAX = 4  # bytes per code point
+_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+_DIR_FLAGS = _ROOT_FLAGS | os.O_NOFOLLOW
 
 Message = tuple[Any, ...]
 
@@ -52,7 +55,15 @@ def walk(
     path_match: Callable[[str], object] | None = None,
     debug: bool = False,
 ) -> Iterator[Message]:
-    """The messages of the walk of ``source``, in order (see the module's text)."""
+    """The messages of the walk of ``source``, in order (see the module's text).
+
+    Each directory is opened once and listed through its descriptor, so an
+    entry's ``lstat`` is an ``fstatat`` of one name, not a lookup of the whole
+    path again (as ``find`` does: measured 0.88x the time of a walk by paths on a
+    tree of 1,000,000 files). Below ``source`` (which may itself be a symlink the
+    administrator configured) directories are opened with ``O_NOFOLLOW``: one
+    replaced by a symlink after it was listed is not followed.
+    """
     rows: list[tuple[str, int, int]] = []
     skipped = excluded = 0
     stack: list[tuple[str, str, int]] = [(source, "", 0)]
@@ -61,73 +72,91 @@ def walk(
         if rel_dir_bytes < 0:  # pushed by the fast loop below: measured once, here
             rel_dir_bytes = len(rel_dir.encode())
         try:
-            with os.scandir(directory) as iterator:
-                entries = list(iterator)
+            fd = os.open(directory, _DIR_FLAGS if rel_dir else _ROOT_FLAGS)
         except OSError as exc:
             yield ("unreadable", rel_dir, directory, exc.errno, exc.strerror or str(exc), True)
             continue
-        if not entries:
-            continue
-        names = [entry.name for entry in entries]
         try:
-            fits = key_prefix_bytes + rel_dir_bytes + _UTF8_MAX * max(map(len, names)) <= (
-                MAX_KEY_BYTES
-            )
-            "".join(names).encode()
-        except UnicodeEncodeError:
-            fits = False
-        if not fits:
-            # A name that is not UTF-8 or may be too long for a key: one at a time.
-            for message in _careful(
-                entries, rel_dir, rel_dir_bytes, key_prefix_bytes, stack, name_match, path_match
-            ):
-                if message[0] == "row":
-                    rows.append(message[1])
-                    continue
-                if message[0] == "excluded":
+            try:
+                with os.scandir(fd) as iterator:
+                    entries = list(iterator)
+            except OSError as exc:
+                yield ("unreadable", rel_dir, directory, exc.errno, exc.strerror or str(exc), True)
+                continue
+            if not entries:
+                continue
+            # With a descriptor, an entry's ``path`` is its name alone: the whole path
+            # (for messages and the stack) is the directory's and the name.
+            base = directory if directory.endswith("/") else directory + "/"
+            names = [entry.name for entry in entries]
+            try:
+                fits = key_prefix_bytes + rel_dir_bytes + _UTF8_MAX * max(map(len, names)) <= (
+                    MAX_KEY_BYTES
+                )
+                "".join(names).encode()
+            except UnicodeEncodeError:
+                fits = False
+            if not fits:
+                # A name that is not UTF-8 or may be too long for a key: one at a time.
+                for message in _careful(
+                    entries,
+                    base,
+                    rel_dir,
+                    rel_dir_bytes,
+                    key_prefix_bytes,
+                    stack,
+                    name_match,
+                    path_match,
+                ):
+                    if message[0] == "row":
+                        rows.append(message[1])
+                        continue
+                    if message[0] == "excluded":
+                        excluded += 1
+                        if debug:
+                            yield ("debug", f"excluded by backup.exclude: {message[1]}")
+                        continue
+                    if message[0] == "skipped":
+                        skipped += 1
+                        if debug:
+                            yield ("debug", f"skipped (not a regular file): {message[1]}")
+                        continue
+                    yield message
+                continue
+            for entry in entries:
+                name = entry.name
+                if (name_match is not None and name_match(name)) or (
+                    path_match is not None and path_match(rel_dir + name)
+                ):
                     excluded += 1
                     if debug:
-                        yield ("debug", f"excluded by backup.exclude: {message[1]}")
+                        yield ("debug", f"excluded by backup.exclude: {base + name}")
                     continue
-                if message[0] == "skipped":
-                    skipped += 1
-                    if debug:
-                        yield ("debug", f"skipped (not a regular file): {message[1]}")
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((base + name, rel_dir + name + "/", -1))
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        skipped += 1
+                        if debug:
+                            yield ("debug", f"skipped (not a regular file): {base + name}")
+                        continue
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while we looked: it is simply not there
+                except OSError as exc:
+                    yield (
+                        "unreadable",
+                        rel_dir + name,
+                        base + name,
+                        exc.errno,
+                        exc.strerror or str(exc),
+                        False,
+                    )
                     continue
-                yield message
-            continue
-        for entry in entries:
-            name = entry.name
-            if (name_match is not None and name_match(name)) or (
-                path_match is not None and path_match(rel_dir + name)
-            ):
-                excluded += 1
-                if debug:
-                    yield ("debug", f"excluded by backup.exclude: {entry.path}")
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, rel_dir + name + "/", -1))
-                    continue
-                if not entry.is_file(follow_symlinks=False):
-                    skipped += 1
-                    if debug:
-                        yield ("debug", f"skipped (not a regular file): {entry.path}")
-                    continue
-                stat = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed while we looked: it is simply not there
-            except OSError as exc:
-                yield (
-                    "unreadable",
-                    rel_dir + name,
-                    entry.path,
-                    exc.errno,
-                    exc.strerror or str(exc),
-                    False,
-                )
-                continue
-            rows.append((rel_dir + name, stat.st_size, stat.st_mtime_ns))
+                rows.append((rel_dir + name, stat.st_size, stat.st_mtime_ns))
+        finally:
+            os.close(fd)
         if len(rows) >= BATCH_ROWS:
             yield ("rows", rows)
             rows = []
@@ -138,6 +167,7 @@ def walk(
 
 def _careful(
     entries: list[os.DirEntry[str]],
+    base: str,
     rel_dir: str,
     rel_dir_bytes: int,
     key_prefix_bytes: int,
@@ -148,31 +178,32 @@ def _careful(
     """The checks of every entry, one by one (a directory with an unusual name in it)."""
     for entry in entries:
         rel = rel_dir + entry.name
+        path = base + entry.name
         try:
             name_bytes = len(entry.name.encode("utf-8"))
         except UnicodeEncodeError:
-            yield ("bad name", os.fsencode(entry.path).decode("utf-8", "backslashreplace"))
+            yield ("bad name", os.fsencode(path).decode("utf-8", "backslashreplace"))
             continue
         if (name_match is not None and name_match(entry.name)) or (
             path_match is not None and path_match(rel)
         ):
-            yield ("excluded", entry.path)
+            yield ("excluded", path)
             continue
         try:
             if entry.is_dir(follow_symlinks=False):
-                stack.append((entry.path, rel + "/", rel_dir_bytes + name_bytes + 1))
+                stack.append((path, rel + "/", rel_dir_bytes + name_bytes + 1))
                 continue
             if not entry.is_file(follow_symlinks=False):
-                yield ("skipped", entry.path)
+                yield ("skipped", path)
                 continue
             stat = entry.stat(follow_symlinks=False)
         except FileNotFoundError:
             continue
         except OSError as exc:
-            yield ("unreadable", rel, entry.path, exc.errno, exc.strerror or str(exc), False)
+            yield ("unreadable", rel, path, exc.errno, exc.strerror or str(exc), False)
             continue
         if key_prefix_bytes + rel_dir_bytes + name_bytes > MAX_KEY_BYTES:
-            yield ("too long", entry.path)
+            yield ("too long", path)
             continue
         yield ("row", (rel, stat.st_size, stat.st_mtime_ns))
 
@@ -198,7 +229,7 @@ def main() -> None:
             path_match,
             settings["debug"],
         ):
-            frame = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+            frame = marshal.dumps(message)
             out.write(len(frame).to_bytes(FRAME_HEADER, "little"))
             out.write(frame)
         out.flush()
