@@ -141,7 +141,8 @@ def backup(
     if ctx.invoked_subcommand is not None:
         return
     from matricula_backup import config_alert, notify
-    from matricula_backup.run import RunOptions, run_backup
+    from matricula_backup.headstart import first_walk
+    from matricula_backup.model import RunOptions
 
     cache, log_path = _start(cache, verbose)
     settings: Settings | None = None
@@ -156,8 +157,13 @@ def backup(
             allow_mass_change=allow_mass_change,
             only=tuple(Path(os.path.normpath(path.absolute())) for path in folder or ()),
         )
+        # The first folder's walk starts before run.py (SQLAlchemy, S3 code) is loaded:
+        # it goes on meanwhile (headstart.py).
         if dry_run:
-            report = run_backup(settings, options)
+            early = first_walk(settings, options)
+            from matricula_backup.run import run_backup
+
+            report = run_backup(settings, options, None, early)
         else:
             with exclusive_lock(cache):
                 logger.info(
@@ -165,13 +171,16 @@ def backup(
                     __version__,
                     ", --reset" if reset else "",
                 )
+                early = first_walk(settings, options)
+                from matricula_backup.run import run_backup
+
                 # A live display on a terminal; under cron (no TTY) only the summary.
+                progress = None
                 if sys.stdout.isatty() and not quiet:
                     from matricula_backup.live import TerminalProgress
 
-                    report = run_backup(settings, options, TerminalProgress())
-                else:
-                    report = run_backup(settings, options)
+                    progress = TerminalProgress()
+                report = run_backup(settings, options, progress, early)
     except FatalError as exc:
         logger.error("%s", exc)
         if settings is None and isinstance(exc, ConfigError) and not dry_run:

@@ -13,6 +13,17 @@ from matricula_backup.escape import printable
 
 
 @dataclass(frozen=True)
+class RunOptions:
+    """What the command line asked of a backup run."""
+
+    dry_run: bool = False
+    reset: bool = False
+    allow_mass_delete: bool = False
+    allow_mass_change: bool = False
+    only: tuple[Path, ...] = ()  # --folder: back up just these backup folders
+
+
+@dataclass(frozen=True)
 class BackupFolder:
     """One folder that is backed up on its own, with where it came from in config.json."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine
@@ -23,11 +22,12 @@ from matricula_backup.db.engine import open_state_db, open_state_db_for_dry_run
 from matricula_backup.errors import ConfigError, FolderError, S3Unreachable
 from matricula_backup.exclude import Excludes
 from matricula_backup.folders import BackupFolder, backup_folders
+from matricula_backup.model import RunOptions as RunOptions
 from matricula_backup.output import folder_line, scrub_lines
 from matricula_backup.progress import NoProgress, RunProgress
 from matricula_backup.report import FolderReport, Problem, RunReport
 from matricula_backup.s3 import buckets, client, objects
-from matricula_backup.scan import scan_folder
+from matricula_backup.scan import Walk, scan_folder
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +59,27 @@ class _LazyStore:
         return self.store.counter.total if self.store else 0
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """What the command line asked for."""
-
-    dry_run: bool = False
-    reset: bool = False
-    allow_mass_delete: bool = False
-    allow_mass_change: bool = False
-    only: tuple[Path, ...] = ()  # --folder: back up just these backup folders
-
-
 def run_backup(
-    settings: Settings, options: RunOptions, progress: RunProgress | None = None
+    settings: Settings,
+    options: RunOptions,
+    progress: RunProgress | None = None,
+    early: Walk | None = None,
 ) -> RunReport:
-    """Back up every folder; problems are collected in the report, never raised per file."""
+    """Back up every folder; problems are collected in the report, never raised per file.
+
+    ``early``: the walk of the first folder, started before this module was loaded
+    (``headstart.py``); its folder's scan takes it over, and it is ended if unused.
+    """
+    try:
+        return _run_backup(settings, options, progress, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _run_backup(
+    settings: Settings, options: RunOptions, progress: RunProgress | None, early: Walk | None
+) -> RunReport:
     dry_run = options.dry_run
     report = RunReport(dry_run=dry_run, reset=options.reset)
     store = _LazyStore(settings)
@@ -92,7 +98,7 @@ def run_backup(
         )
         try:
             with engine.connect() as conn:
-                _run_folders(conn, settings, folders, store, report, options, progress)
+                _run_folders(conn, settings, folders, store, report, options, progress, early)
         finally:
             engine.dispose()
     finally:
@@ -111,6 +117,7 @@ def _run_folders(
     report: RunReport,
     options: RunOptions,
     progress: RunProgress,
+    early: Walk | None,
 ) -> None:
     """Every folder in turn, inside a ``runs`` row (real runs) that records the outcome."""
     run_id = None
@@ -126,7 +133,8 @@ def _run_folders(
     outcome = "failed"
     try:
         for folder in folders:
-            _backup_folder(conn, settings, folder, store, report, options, progress)
+            started = early if early is not None and early.path == folder.path else None
+            _backup_folder(conn, settings, folder, store, report, options, progress, started)
         if not options.only:  # --folder: the other folders are not looked at
             for gone in forget.gone_folders(conn, settings, folders):
                 report.add_problem(forget.gone_problem(gone, settings.cache_dir))
@@ -153,6 +161,7 @@ def _backup_folder(
     run: RunReport,
     options: RunOptions,
     progress: RunProgress,
+    started: Walk | None,
 ) -> None:
     dry_run = options.dry_run
     record = records.lookup_folder(conn, folder, settings.bucket_prefix)
@@ -195,6 +204,7 @@ def _backup_folder(
             lambda problem: run.add_problem(problem, report),
             Excludes(settings.exclude),
             compare,
+            started,
         )
         report.excluded = scanned.excluded
         report.files_seen, report.bytes_seen = scanned.files, scanned.bytes

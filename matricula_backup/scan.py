@@ -15,6 +15,7 @@ deletes).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import marshal
@@ -24,15 +25,16 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import IO
-
-from sqlalchemy import Connection
+from typing import IO, TYPE_CHECKING
 
 from matricula_backup import walk
 from matricula_backup.access import denied, read_hint
 from matricula_backup.exclude import Excludes
 from matricula_backup.model import BackupFolder, Problem
 from matricula_backup.prefetch import prefetched
+
+if TYPE_CHECKING:  # the walk can start before SQLAlchemy is loaded (headstart.py)
+    from sqlalchemy import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +71,12 @@ def scan_folder(
     on_problem: Callable[[Problem], None],
     excludes: Excludes | None = None,
     on_rows: Callable[[int], None] | None = None,
+    started: Walk | None = None,
 ) -> ScanResult:
     """Fill ``temp.scan`` with every regular file below ``folder``; report what is unreadable.
+
+    ``started``: the folder's walk, if it was started ahead (``headstart.py``);
+    otherwise it starts now.
 
     ``on_rows(n)``: called after each batch, when ``temp.scan`` holds rowids 1 to ``n``
     (the queues compare them with the files table while the walk goes on).
@@ -80,8 +86,11 @@ def scan_folder(
     source = str(folder.path)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     size_of = itemgetter(1)
+    walking = started
     try:
-        for message in _walk(source, len(folder.key_prefix.encode()), excludes):
+        if walking is None:
+            walking = Walk(folder, excludes)
+        for message in walking.messages():
             kind = message[0]
             if kind == "rows":
                 rows = message[1]
@@ -129,65 +138,99 @@ def scan_folder(
                 result.skipped_special, result.excluded = message[1], message[2]
     finally:
         cursor.close()
+        if walking is not None:
+            walking.close()
     return result
 
 
-def _walk(source: str, key_prefix_bytes: int, excludes: Excludes | None) -> Iterator[walk.Message]:
-    """The walk's messages, from its own process (in this one if none can be started)."""
-    names = excludes.name_regex if excludes else None
-    paths = excludes.path_regex if excludes else None
-    debug = logger.isEnabledFor(logging.DEBUG)
-    settings = {
-        "source": os.fsencode(source).hex(),
-        "key_prefix_bytes": key_prefix_bytes,
-        "names": names,
-        "paths": paths,
-        "debug": debug,
-    }
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-I", "-S", walk.__file__],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-    except OSError as exc:
-        logger.info("cannot start the walk in its own process (%s): walking in this one", exc)
-        name_match = excludes.name_match if excludes else None
-        path_match = excludes.path_match if excludes else None
-        yield from walk.walk(source, key_prefix_bytes, name_match, path_match, debug)
-        return
-    assert process.stdin is not None and process.stdout is not None
-    done = False
-    try:
-        process.stdin.write(json.dumps(settings).encode() + b"\n")
-        process.stdin.close()
-        # The pipe is drained on a thread of its own: while this thread writes a
-        # batch to SQLite, the walk goes on instead of waiting for room in the
-        # pipe's 64 KiB (measured: without it the two processes took turns).
-        with prefetched(_frames(process.stdout), FRAMES_AHEAD, "walk-read") as frames:
-            try:
-                for frame in frames:
-                    message = marshal.loads(frame)
-                    yield message
-                    done = message[0] == "done"
-            finally:
-                if not done:
-                    process.kill()  # ends the reading thread's read too
-    finally:
-        if not done:
-            process.kill()
+class Walk:
+    """The walk of one backup folder, started now in a process of its own.
+
+    ``messages()`` reads what it finds (once, to the end); ``close()`` ends it if it
+    was not read to the end. Started before the scan needs it, it walks ahead
+    (``headstart.py``): its pipe is drained on a thread of its own into a bounded
+    queue (``FRAMES_AHEAD`` batches), so memory stays flat meanwhile.
+    """
+
+    def __init__(self, folder: BackupFolder, excludes: Excludes | None = None) -> None:
+        self.path = folder.path
+        self._source = source = str(folder.path)
+        key_prefix_bytes = len(folder.key_prefix.encode())
+        debug = logger.isEnabledFor(logging.DEBUG)
+        self._done = False
+        self._failure = ""
+        self._process: subprocess.Popen[bytes] | None = None
+        self._in_process: Iterator[walk.Message] | None = None
+        self._reading = contextlib.ExitStack()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", walk.__file__],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:
+            logger.info("cannot start the walk in its own process (%s): walking in this one", exc)
+            self._in_process = walk.walk(
+                source,
+                key_prefix_bytes,
+                excludes.name_match if excludes else None,
+                excludes.path_match if excludes else None,
+                debug,
+            )
+            return
+        self._process = process
+        assert process.stdin is not None and process.stdout is not None
+        settings = {
+            "source": os.fsencode(source).hex(),
+            "key_prefix_bytes": key_prefix_bytes,
+            "names": excludes.name_regex if excludes else None,
+            "paths": excludes.path_regex if excludes else None,
+            "debug": debug,
+        }
+        try:
+            process.stdin.write(json.dumps(settings).encode() + b"\n")
+            process.stdin.close()
+            # The pipe is drained on a thread of its own: while this thread writes a
+            # batch to SQLite, the walk goes on instead of waiting for room in the
+            # pipe's 64 KiB (measured: without it the two processes took turns).
+            self._frames = self._reading.enter_context(
+                prefetched(_frames(process.stdout), FRAMES_AHEAD, "walk-read")
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    def messages(self) -> Iterator[walk.Message]:
+        """The walk's messages in order (see ``walk.py``); RuntimeError if it stopped early."""
+        if self._in_process is not None:
+            yield from self._in_process
+            return
+        try:
+            for frame in self._frames:
+                message = marshal.loads(frame)
+                yield message
+                self._done = message[0] == "done"
+        finally:
+            self.close()
+        if not self._done:
+            raise RuntimeError(f"the walk of {self._source} stopped ({self._failure})")
+
+    def close(self) -> None:
+        """End the walk if it is still going; free its process and thread (idempotent)."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if not self._done:
+            process.kill()  # ends the reading thread's read too
+        self._reading.close()
+        assert process.stdout is not None and process.stderr is not None
         process.stdout.close()
-        stderr = process.stderr.read() if process.stderr else b""
-        if process.stderr:
-            process.stderr.close()
+        stderr = process.stderr.read()
+        process.stderr.close()
         returncode = process.wait()
-    if not done:
         detail = stderr.decode(errors="replace").strip().splitlines()
-        raise RuntimeError(
-            f"the walk of {source} stopped (exit {returncode}): "
-            + (detail[-1] if detail else "no message")
-        )
+        self._failure = f"exit {returncode}: " + (detail[-1] if detail else "no message")
 
 
 def _frames(stream: IO[bytes]) -> Iterator[bytes]:
