@@ -162,10 +162,13 @@ def _build_delete_queue(conn: Connection, table: str, bucket_exists: bool, new: 
 
     Scan paths are unique, so the rows seen by the scan are its rows minus the
     new ones: when that is every row, nothing vanished and the queue is empty
-    without a lookup per row (the no-change path). Otherwise each unseen row is
-    checked against ``unscanned`` in two ways, both linear: exact paths (files
-    whose status could not be read) by a key lookup, and directories by one
-    range seek on ``unscanned_dirs`` (see ``_unscanned_dirs``).
+    without a lookup per row (the no-change path). When what could not be read
+    holds exactly the rest (``_protected_rows``: a key join for files, a range
+    per directory), the queue is empty too: a share with many permission
+    problems costs a lookup per unreadable entry, not per row. Otherwise each
+    unseen row is checked against ``unscanned`` in the same two ways, both
+    linear: exact paths (files whose status could not be read) by a key lookup,
+    and directories by one range seek on ``unscanned_dirs``.
     """
     conn.exec_driver_sql(
         "CREATE TEMP TABLE delete_queue (path TEXT NOT NULL, size INTEGER NOT NULL, "
@@ -173,10 +176,13 @@ def _build_delete_queue(conn: Connection, table: str, bucket_exists: bool, new: 
     )
     scanned = conn.exec_driver_sql("SELECT count(*) FROM temp.scan").scalar_one()
     rows = conn.exec_driver_sql(f'SELECT count(*) FROM "{table}"').scalar_one()
-    if rows <= scanned - new:
+    unseen = rows - (scanned - new)
+    if unseen <= 0:
+        return
+    _unscanned_dirs(conn)
+    if unseen == _protected_rows(conn, table):
         return
     index_scan(conn)
-    _unscanned_dirs(conn)
     conn.exec_driver_sql(
         f"""INSERT INTO temp.delete_queue (path, size, in_bucket)
         SELECT f.path, f.size,
@@ -239,6 +245,39 @@ def _unscanned_dirs(conn: Connection) -> None:
         ranges.append((prefix, prefix[:-1] + "0" if prefix else None))
     if ranges:
         conn.exec_driver_sql("INSERT INTO temp.unscanned_dirs (lo, hi) VALUES (?, ?)", ranges)
+
+
+def _protected_rows(conn: Connection, table: str) -> int:
+    """Rows of ``table`` that lie in what the scan could not read (``unscanned``).
+
+    None of them is in ``temp.scan``: the walk reports each entry once, as a row
+    or as unreadable, and a directory it cannot open or list before it reports
+    anything below it. So when the unseen rows number exactly these, none of the
+    unseen rows vanished. Files lying inside an unreadable directory's range are
+    counted once, with the range.
+    """
+    # Two queries, so that each range is one seek of the key from lo to hi (with
+    # ``hi IS NULL OR ...`` SQLite would read every row from lo to the end).
+    below_dirs = conn.exec_driver_sql(
+        f"""SELECT coalesce(sum((SELECT count(*) FROM "{table}" AS f
+                                 WHERE f.path >= d.lo AND f.path < d.hi)), 0)
+        FROM temp.unscanned_dirs AS d WHERE d.hi IS NOT NULL"""
+    ).scalar_one()
+    below_folder = conn.exec_driver_sql(
+        f"""SELECT coalesce(sum((SELECT count(*) FROM "{table}" AS f WHERE f.path >= d.lo)), 0)
+        FROM temp.unscanned_dirs AS d WHERE d.hi IS NULL"""
+    ).scalar_one()
+    files = conn.exec_driver_sql(
+        f"""SELECT count(*)
+        FROM (SELECT DISTINCT path FROM temp.unscanned WHERE path != '' AND path NOT LIKE '%/')
+             AS u CROSS JOIN "{table}" AS f ON f.path = u.path
+        WHERE NOT EXISTS (
+              SELECT 1 FROM (
+                  SELECT hi FROM temp.unscanned_dirs AS d WHERE d.lo <= f.path
+                  ORDER BY d.lo DESC LIMIT 1)
+              WHERE hi IS NULL OR f.path < hi)"""
+    ).scalar_one()
+    return int(below_dirs) + int(below_folder) + int(files)
 
 
 def in_bucket_count(conn: Connection, table: str) -> int:

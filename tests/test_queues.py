@@ -12,7 +12,7 @@ import random
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Connection, create_engine
+from sqlalchemy import Connection, create_engine, event
 
 from matricula_backup import queues
 from matricula_backup.db.schema import BACKED_UP, FAILED, PENDING, files_table_ddl, metadata
@@ -209,14 +209,15 @@ def _oracle(
         or (known[path][1], known[path][2]) != (size, mtime)
     }
     seen = {path for path, _, _ in scanned}
-
-    def protected(path: str) -> bool:
-        return any(
-            path == u or ((u == "" or u.endswith("/")) and path.startswith(u)) for u in unscanned
-        )
-
-    down = {path for path in known if path not in seen and not protected(path)}
+    down = {path for path in known if path not in seen and not _below(path, unscanned)}
     return up, down
+
+
+def _below(path: str, unscanned: list[str]) -> bool:
+    """``path`` is an unreadable file or lies below an unreadable directory."""
+    return any(
+        path == u or ((u == "" or u.endswith("/")) and path.startswith(u)) for u in unscanned
+    )
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -230,18 +231,25 @@ def test_random_trees_match_the_rules(conn: Connection, seed: int) -> None:
     paths = {path() for _ in range(120)}
     # A directory and a file of the same name cannot both exist; keep it simple:
     # leaves only (no path is a prefix + '/' of another).
-    paths = {p for p in paths if not any(q.startswith(p + "/") for q in paths)}
+    # Sorted: the same trees in every process (a set's order follows the string hash).
+    paths = sorted(p for p in paths if not any(q.startswith(p + "/") for q in paths))
     states = [BACKED_UP, BACKED_UP, BACKED_UP, PENDING, FAILED]
     rows: list[Row] = [
         (p, rng.randint(1, 3), rng.randint(1, 3), rng.choice(states), SHA, 1)
         for p in paths
         if rng.random() < 0.7
     ]
-    scanned = [(p, rng.randint(1, 3), rng.randint(1, 3)) for p in paths if rng.random() < 0.7]
     dirs = {p.rsplit("/", 1)[0] + "/" for p in paths if "/" in p}
-    unscanned = rng.sample(sorted(dirs), min(3, len(dirs))) + rng.sample(sorted(paths), 3)
+    unscanned = rng.sample(sorted(dirs), min(3, len(dirs))) + rng.sample(paths, 3)
     if seed == 0:
         unscanned.append("")
+    # As the walk reports them: an entry is a row or unreadable, never both, and
+    # nothing below a directory it could not list is a row.
+    scanned = [
+        (p, rng.randint(1, 3), rng.randint(1, 3))
+        for p in paths
+        if rng.random() < 0.7 and not _below(p, unscanned)
+    ]
     fill(conn, rows, scanned, unscanned)
     queues.build_queues(conn, TABLE, bucket_exists=True)
     assert (set(uploads(conn)), set(deletes(conn))) == _oracle(rows, scanned, unscanned)
@@ -267,6 +275,70 @@ def test_the_unscanned_check_seeks_instead_of_scanning(conn: Connection) -> None
     assert "SCAN u" not in plan and "SCAN s" not in plan and "SCAN d" not in plan, plan
     assert "SEARCH u" in plan and "SEARCH s" in plan and "SEARCH d" in plan, plan
     assert deletes(conn) == {"gone": 1}
+
+
+def _scan_indexed(conn: Connection) -> bool:
+    return bool(
+        conn.exec_driver_sql(
+            "SELECT count(*) FROM sqlite_temp_master WHERE name = 'ix_scan_path'"
+        ).scalar_one()
+    )
+
+
+def test_only_unreadable_entries_unseen_needs_no_lookup_per_row(conn: Connection) -> None:
+    """The share with many permission problems: what the scan did not see is exactly
+    what it could not read, so the queue is empty without indexing the scan."""
+    seen = [backed_up(f"ok/{i:03d}") for i in range(50)]
+    locked = [backed_up(f"locked/{i:03d}") for i in range(20)]
+    files = [backed_up(f"mixed/{i:03d}") for i in range(10)]
+    fill(
+        conn,
+        seen + locked + files,
+        [(row[0], 10, 100) for row in seen] + [("ok/new", 1, 1)],
+        unscanned=["locked/", "locked/sub/"] + [row[0] for row in files] + ["mixed/never-row"],
+    )
+    sizes = queues.build_queues(conn, TABLE, bucket_exists=True)
+    assert deletes(conn) == {} and sizes.deletes == 0 and sizes.forget == 0
+    assert not _scan_indexed(conn)
+    assert uploads(conn) == {"ok/new": "new"}
+
+
+def test_counting_what_lies_below_unreadable_entries_seeks_the_key(conn: Connection) -> None:
+    """One seek per unreadable entry (a range per directory), never a read of the rows."""
+    fill(conn, [backed_up("a/x"), backed_up("b")], [], unscanned=["a/", "b", ""])
+    queues._unscanned_dirs(conn)
+    statements: list[str] = []
+
+    def record(*args: object) -> None:
+        statements.append(str(args[2]))
+
+    event.listen(conn, "before_cursor_execute", record)
+    try:
+        queues._protected_rows(conn, TABLE)
+    finally:
+        event.remove(conn, "before_cursor_execute", record)
+    assert len(statements) == 3
+    for statement in statements:
+        plan = " | ".join(
+            str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}")
+        )
+        assert "SCAN f" not in plan and "SEARCH f USING PRIMARY KEY" in plan, plan
+    ranged = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statements[0]}").all()
+    assert any("path>? AND path<?" in str(row[-1]) for row in ranged), ranged
+
+
+def test_a_vanished_file_next_to_unreadable_ones_is_still_deleted(conn: Connection) -> None:
+    seen = [backed_up(f"ok/{i:03d}") for i in range(50)]
+    locked = [backed_up(f"locked/{i:03d}") for i in range(20)]
+    fill(
+        conn,
+        seen + locked + [backed_up("ok/gone"), backed_up("mixed/x")],
+        [(row[0], 10, 100) for row in seen],
+        unscanned=["locked/", "mixed/x"],
+    )
+    queues.build_queues(conn, TABLE, bucket_exists=True)
+    assert deletes(conn) == {"ok/gone": 1}
+    assert _scan_indexed(conn)
 
 
 def test_adopting_a_listing_matches_objects_to_scanned_files(conn: Connection) -> None:
