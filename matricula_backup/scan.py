@@ -86,6 +86,7 @@ def scan_folder(
     source = str(folder.path)
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     size_of = itemgetter(1)
+    reasons: dict[tuple[int, str], str] = {}  # by (errno, strerror): the hint looks up a user
     walking = started
     try:
         if walking is None:
@@ -104,7 +105,9 @@ def scan_folder(
             elif kind == "unreadable":
                 _, rel, abs_path, errno, strerror, is_dir = message
                 cursor.execute("INSERT INTO temp.unscanned (path) VALUES (?)", (rel,))
-                reason = _reason(OSError(errno, strerror))
+                reason = reasons.get((errno, strerror))
+                if reason is None:
+                    reason = reasons[errno, strerror] = _reason(OSError(errno, strerror))
                 text = (
                     f"cannot list this directory: {reason}; "
                     "nothing below it is deleted from the bucket this run"
@@ -208,9 +211,9 @@ class Walk:
             return
         try:
             for frame in self._frames:
-                message = marshal.loads(frame)
-                yield message
-                self._done = message[0] == "done"
+                for message in marshal.loads(frame):
+                    yield message
+                    self._done = message[0] == "done"
         finally:
             self.close()
         if not self._done:
@@ -234,7 +237,7 @@ class Walk:
 
 
 def _frames(stream: IO[bytes]) -> Iterator[bytes]:
-    """The walk's messages as marshalled bytes, one frame at a time, until the pipe ends."""
+    """The walk's frames (marshalled lists of messages), one at a time, until the pipe ends."""
     while True:
         header = stream.read(walk.FRAME_HEADER)
         if len(header) < walk.FRAME_HEADER:
