@@ -103,13 +103,20 @@ class Compare:
 
 
 def build_queues(
-    conn: Connection, table: str, bucket_exists: bool, compare: Compare | None = None
+    conn: Connection,
+    table: str,
+    bucket_exists: bool,
+    compare: Compare | None = None,
+    ordered: bool = True,
 ) -> QueueSizes:
     """Compute ``upload_queue`` and ``delete_queue`` from the scan and the files table.
 
     ``bucket_exists``: the folder's bucket was set up, so an upload may have
     reached it without being confirmed; such files get deleted too when they vanish.
     ``compare``: what was compared during the scan (see ``Compare``).
+    ``ordered``: ``upload_queue`` in path order (uploads, and the files table's
+    rows written in key order); a dry run only counts it, in walk order (a first
+    scan of a million files: one sort of a million paths less).
     """
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.upload_queue")
     conn.exec_driver_sql("DROP TABLE IF EXISTS temp.delete_queue")
@@ -118,14 +125,16 @@ def build_queues(
     )
     if compare is None:  # all at once (a first scan: most rows are new), sorted on the way
         select = Compare(conn, table).select()
+        order = "ORDER BY s.path" if ordered else "ORDER BY s.rowid"
         with _sort_cache(conn):
             conn.exec_driver_sql(
-                f"CREATE TEMP TABLE upload_queue AS {select} ORDER BY s.path", (0, scanned)
+                f"CREATE TEMP TABLE upload_queue AS {select} {order}", (0, scanned)
             )
     else:
         compare(scanned)
+        order = "ORDER BY path" if ordered else "ORDER BY rowid"
         conn.exec_driver_sql(
-            "CREATE TEMP TABLE upload_queue AS SELECT * FROM temp.upload_found ORDER BY path"
+            f"CREATE TEMP TABLE upload_queue AS SELECT * FROM temp.upload_found {order}"
         )
     up = conn.exec_driver_sql(
         "SELECT count(*), coalesce(sum(size), 0), coalesce(sum(is_new), 0), "
@@ -290,9 +299,10 @@ def in_bucket_count(conn: Connection, table: str) -> int:
 
 
 def changed_sample(conn: Connection, limit: int) -> list[str]:
-    """The first changed files of ``upload_queue`` (paths relative to the folder)."""
+    """The first changed files of ``upload_queue`` in path order (relative to the folder;
+    the same in a dry run, whose queue is in walk order)."""
     rows = conn.exec_driver_sql(
-        "SELECT path FROM temp.upload_queue WHERE is_changed ORDER BY rowid LIMIT ?", (limit,)
+        "SELECT path FROM temp.upload_queue WHERE is_changed ORDER BY path LIMIT ?", (limit,)
     ).all()
     return [row[0] for row in rows]
 
@@ -340,10 +350,10 @@ def adopt_listing(conn: Connection, table: str, listing: Iterable[list[ListedObj
     Returns how many files on disk were recorded as backed up: none (the
     upload worker counts those it finds in the bucket).
     """
-    index_scan(conn)
     for page in listing:
         if not page:
             continue
+        index_scan(conn)  # at the first object: an empty bucket (a first run) needs none
         conn.exec_driver_sql(
             f"""INSERT INTO "{table}" (path, size, mtime_ns, state, version_id, uploaded_at)
             SELECT ?1, ?2, coalesce(s.mtime_ns, 0),

@@ -232,7 +232,9 @@ def _backup_folder(
                 f"(e.g. {held[0].path}): restore their good copy or run matricula-backup scrub "
                 f"--cache {settings.cache_dir} --accept PATH"
             )
-        sizes = queues.build_queues(conn, record.table, record.bucket_ready, compare)
+        sizes = queues.build_queues(
+            conn, record.table, record.bucket_ready, compare, ordered=not dry_run
+        )
         lock = settings.object_lock
         renew_before = int(time.time()) + (lock.renew_days * DAY if lock else 0)
         if lock:

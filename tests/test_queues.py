@@ -196,6 +196,18 @@ def test_comparing_batch_by_batch_gives_the_same_queues(conn: Connection) -> Non
     assert "new" in got[0] and "late" in got[0] and len(got[1]) == 100
 
 
+def test_a_dry_run_queue_is_in_walk_order_with_the_same_rows(conn: Connection) -> None:
+    scanned = [("b/2", 1, 1), ("a", 1, 1), ("b/1", 1, 1), ("c", 1, 1)]  # walk order
+    fill(conn, [backed_up("c", size=5)], scanned)
+    counted = queues.build_queues(conn, TABLE, True, ordered=False)
+    walk_order = list(uploads(conn))
+    ordered = queues.build_queues(conn, TABLE, True)
+    assert walk_order == ["b/2", "a", "b/1", "c"]
+    assert list(uploads(conn)) == ["a", "b/1", "b/2", "c"]
+    assert counted == ordered
+    assert queues.changed_sample(conn, 5) == ["c"]
+
+
 def _oracle(
     rows: list[Row], scanned: list[tuple[str, int, int]], unscanned: list[str]
 ) -> tuple[set[str], set[str]]:
