@@ -55,6 +55,12 @@ def render(result: dict[str, Any]) -> str:
             + (["--peers ''"] if not args.get("peers") else [])
             + ([f"--repeat {args['repeat']}"] if args.get("repeat", 3) != 3 else [])
             + (["--first-upload-only"] if args.get("first_upload_only") else [])
+            + (["--scan-only"] if args.get("scan_only") else [])
+            + (
+                [f"--unreadable-files {args['unreadable_files']}"]
+                if args.get("unreadable_files")
+                else []
+            )
             + (["--profile"] if args.get("profile") else [])
             + (["--delete-tree"] if args.get("delete_tree") else [])
         )
