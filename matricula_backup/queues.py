@@ -165,6 +165,15 @@ def build_queues(
     )
 
 
+# ``f.path`` lies below a directory the scan could not list: one seek for the range
+# with the largest ``lo`` not above it (the ranges are disjoint: ``_unscanned_dirs``).
+_IN_UNREADABLE_DIR = """EXISTS (
+              SELECT 1 FROM (
+                  SELECT hi FROM temp.unscanned_dirs AS d WHERE d.lo <= f.path
+                  ORDER BY d.lo DESC LIMIT 1)
+              WHERE hi IS NULL OR f.path < hi)"""
+
+
 def _build_delete_queue(conn: Connection, table: str, bucket_exists: bool, new: int) -> None:
     """``delete_queue``: rows whose file the scan did not see, except below what it
     could not read.
@@ -199,11 +208,7 @@ def _build_delete_queue(conn: Connection, table: str, bucket_exists: bool, new: 
         FROM "{table}" AS f
         WHERE NOT EXISTS (SELECT 1 FROM temp.scan AS s WHERE s.path = f.path)
           AND NOT EXISTS (SELECT 1 FROM temp.unscanned AS u WHERE u.path = f.path)
-          AND NOT EXISTS (
-              SELECT 1 FROM (
-                  SELECT hi FROM temp.unscanned_dirs AS d WHERE d.lo <= f.path
-                  ORDER BY d.lo DESC LIMIT 1)
-              WHERE hi IS NULL OR f.path < hi)
+          AND NOT {_IN_UNREADABLE_DIR}
         ORDER BY f.path"""
     )
 
@@ -280,11 +285,7 @@ def _protected_rows(conn: Connection, table: str) -> int:
         f"""SELECT count(*)
         FROM (SELECT DISTINCT path FROM temp.unscanned WHERE path != '' AND path NOT LIKE '%/')
              AS u CROSS JOIN "{table}" AS f ON f.path = u.path
-        WHERE NOT EXISTS (
-              SELECT 1 FROM (
-                  SELECT hi FROM temp.unscanned_dirs AS d WHERE d.lo <= f.path
-                  ORDER BY d.lo DESC LIMIT 1)
-              WHERE hi IS NULL OR f.path < hi)"""
+        WHERE NOT {_IN_UNREADABLE_DIR}"""
     ).scalar_one()
     return int(below_dirs) + int(below_folder) + int(files)
 
