@@ -58,7 +58,9 @@ Faults (``configure``)
                        S3-compatible servers do for features they lack.
 
     Injected faults are counted in ``faults`` (by kind) and ``faulted`` (by
-    label); ``seen`` counts every request that reached the proxy.
+    label); ``seen`` counts every request that reached the proxy, ``payloads``
+    lists each one's label, path and ``X-Amz-Content-SHA256`` (what SigV4 signed
+    as its body).
 
 Usage::
 
@@ -136,6 +138,8 @@ class S3Proxy(ThreadingHTTPServer):
         self.status: Counter[int] = Counter()  # upstream status codes
         self.in_flight: Counter[str] = Counter()
         self.most: Counter[str] = Counter()
+        # (label, path, X-Amz-Content-SHA256) of every S3 request, faulted ones too
+        self.payloads: list[tuple[str, str, str]] = []
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
         # faults
@@ -168,6 +172,7 @@ class S3Proxy(ThreadingHTTPServer):
         with self._lock:
             self.requests.clear()
             self.log.clear()
+            self.payloads.clear()
             self.status.clear()
             self.errors = 0
             self.faults.clear()
@@ -475,6 +480,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._pass(None)
             return
         label = classify(self.command, self.path, dict(self.headers.items()))
+        with self.server._lock:
+            payload = self.headers.get("X-Amz-Content-SHA256", "")
+            self.server.payloads.append((label, self.path, payload))
         fault = self.server.choose(self.command, label)
         if fault is None:
             self._pass(label)

@@ -158,3 +158,31 @@ def test_a_part_is_read_from_the_file_as_sent_and_can_be_sent_again(tmp_path: An
             part.read(100)
     finally:
         os.close(fd)
+
+
+def test_a_part_hashed_for_signing_is_not_charged_to_the_bandwidth_limit(tmp_path: Any) -> None:
+    """Over plain HTTP the part is read once to sign its SHA-256 (s3/signing.py),
+    once to send it: only the sending counts against ``backup.max_bandwidth``."""
+    from matricula_backup.s3.upload import FileRange
+    from matricula_backup.throttle import Throttle
+
+    class Counting(Throttle):
+        charged = 0
+
+        def consume(self, amount: int) -> None:
+            Counting.charged += amount
+            super().consume(amount)
+
+    path = tmp_path / "master.tif"
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        length = 2 * 1024 * 1024 + 5  # three reads of up to 1 MiB
+        part = FileRange(fd, 1000, length, Counting(1024**3))
+        assert part.sha256_hex() == hashlib.sha256(data[1000 : 1000 + length]).hexdigest()
+        assert Counting.charged == 0 and part.tell() == 0  # unpaced, position untouched
+        assert part.read() == data[1000 : 1000 + length]
+        assert Counting.charged == length
+    finally:
+        os.close(fd)

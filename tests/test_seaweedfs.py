@@ -7,10 +7,13 @@ The server runs on 127.0.0.1 with every port chosen free.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
@@ -100,5 +103,69 @@ def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) ->
         assert "uploaded 1/1 files (11.0 MiB)" in reset.stdout
         assert proxy.requests["PUT part"] == 3  # its three parts, nothing else
         assert proxy.requests["PUT object"] == 0
+    finally:
+        proxy.stop()
+
+
+def test_parts_over_plain_http_are_signed_with_their_sha256_again_on_every_retry(
+    tmp_path: Path, weed_url: str
+) -> None:
+    """Over http:// each part's SHA-256 is signed (s3/signing.py), a retry signed afresh.
+
+    AWS checks the signed SHA-256 against the body; SeaweedFS checks the
+    signature only, which is what proves the signing here: a request signed
+    wrongly, or a retry sent with a stale signature, is refused.
+    """
+    proxy = S3Proxy(weed_url, seed=3).start()
+    try:
+        setup = Setup(tmp_path, tmp_path / "cache", tmp_path / "images")
+        setup.cache.mkdir()
+        folder = setup.images / "Band 8"
+        part = 5 * 1024 * 1024
+        big = random.Random(8).randbytes(3 * part + 1000)  # 4 parts, the last short
+        setup.file("Band 8/master.tif", big)
+        setup.write_config(
+            backup__folders=[str(folder)],
+            backup__workers=2,
+            backup__multipart_threshold_mb=5,
+            backup__part_size_mb=5,
+            aws__max_attempts=10,
+            aws__access_key=KEY,
+            aws__secret_access_key=SECRET,
+            aws__region="us-east-1",
+            aws__endpoint_url=proxy.url,
+        )
+        # "lost": the server stored the part, the answer never came; "internal": a 500.
+        proxy.configure(rate=0.5, kinds=("lost", "internal"), only={"PUT part"})
+
+        result = setup.run()
+
+        proxy.off()
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert proxy.injected >= 1, proxy.faults
+        expected = {
+            number: hashlib.sha256(big[(number - 1) * part : number * part]).hexdigest()
+            for number in range(1, 5)
+        }
+        sent = [
+            (int(parse_qs(urlsplit(path).query)["partNumber"][0]), payload)
+            for label, path, payload in proxy.payloads
+            if label == "PUT part"
+        ]
+        assert len(sent) > 4  # retries went out
+        assert {number for number, _ in sent} == set(expected)
+        for number, payload in sent:
+            assert payload == expected[number], (number, payload)
+        s3: Any = boto3.client(
+            "s3",
+            endpoint_url=weed_url,
+            aws_access_key_id=KEY,
+            aws_secret_access_key=SECRET,
+            region_name="us-east-1",
+            config=Config(s3={"addressing_style": "path"}),
+        )
+        key = str(folder / "master.tif").lstrip("/")
+        body = s3.get_object(Bucket=setup.bucket(folder), Key=key)["Body"].read()
+        assert hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
     finally:
         proxy.stop()

@@ -84,6 +84,8 @@ def connect(settings: Settings) -> Store:
     import boto3
     from botocore.config import Config
 
+    from matricula_backup.s3.signing import PlainHttpPartSigning
+
     aws = settings.aws
     session = boto3.session.Session(
         aws_access_key_id=aws.access_key or None,
@@ -112,6 +114,9 @@ def connect(settings: Settings) -> Store:
     client = session.client("s3", endpoint_url=endpoint or None, config=config)
     counter = RequestCounter()
     client.meta.events.register("before-send.s3", counter)
+    credentials = session.get_credentials()
+    if credentials is not None and client.meta.endpoint_url.startswith("http://"):
+        PlainHttpPartSigning(credentials).register(client.meta.events)
     region = client.meta.region_name or "us-east-1"
     throttle = Throttle(settings.max_bandwidth) if settings.max_bandwidth else None
     fast_put = None
