@@ -42,6 +42,18 @@ def weed_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.stop()
 
 
+def _client(weed_url: str) -> Any:
+    """A client straight to SeaweedFS, not through the proxy."""
+    return boto3.client(
+        "s3",
+        endpoint_url=weed_url,
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name="us-east-1",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+
+
 def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) -> None:
     proxy = S3Proxy(weed_url).start()
     try:
@@ -70,14 +82,7 @@ def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) ->
         unsupported = "public access block not set (NotImplemented: this S3 server does not"
         assert unsupported in first.stdout and unsupported in log
 
-        s3: Any = boto3.client(
-            "s3",
-            endpoint_url=weed_url,
-            aws_access_key_id=KEY,
-            aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        s3 = _client(weed_url)
         bucket = setup.bucket(folder)
         assert s3.get_bucket_versioning(Bucket=bucket)["Status"] == "Enabled"
         key = str(folder / "big.tif").lstrip("/")
@@ -156,14 +161,7 @@ def test_parts_over_plain_http_are_signed_with_their_sha256_again_on_every_retry
         assert {number for number, _ in sent} == set(expected)
         for number, payload in sent:
             assert payload == expected[number], (number, payload)
-        s3: Any = boto3.client(
-            "s3",
-            endpoint_url=weed_url,
-            aws_access_key_id=KEY,
-            aws_secret_access_key=SECRET,
-            region_name="us-east-1",
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        s3 = _client(weed_url)
         key = str(folder / "master.tif").lstrip("/")
         body = s3.get_object(Bucket=setup.bucket(folder), Key=key)["Body"].read()
         assert hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
