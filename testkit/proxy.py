@@ -188,6 +188,10 @@ class S3Proxy(ThreadingHTTPServer):
             self.requests[label] += 1
             self.log.append(f"{method} {path}")
 
+    def record_payload(self, label: str, path: str, payload: str) -> None:
+        with self._lock:
+            self.payloads.append((label, path, payload))
+
     def record_status(self, status: int) -> None:
         with self._lock:
             self.status[status] += 1
@@ -480,9 +484,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._pass(None)
             return
         label = classify(self.command, self.path, dict(self.headers.items()))
-        with self.server._lock:
-            payload = self.headers.get("X-Amz-Content-SHA256", "")
-            self.server.payloads.append((label, self.path, payload))
+        self.server.record_payload(label, self.path, self.headers.get("X-Amz-Content-SHA256", ""))
         fault = self.server.choose(self.command, label)
         if fault is None:
             self._pass(label)

@@ -54,25 +54,33 @@ def _client(weed_url: str) -> Any:
     )
 
 
+def _setup(tmp_path: Path, proxy: S3Proxy, folder: str, **config: Any) -> Setup:
+    """A cache whose config backs up ``images/<folder>`` to SeaweedFS through ``proxy``,
+    in 5 MiB parts from 5 MiB on."""
+    setup = Setup(tmp_path, tmp_path / "cache", tmp_path / "images")
+    setup.cache.mkdir()
+    setup.write_config(
+        backup__folders=[str(setup.images / folder)],
+        backup__multipart_threshold_mb=5,
+        backup__part_size_mb=5,
+        aws__access_key=KEY,
+        aws__secret_access_key=SECRET,
+        aws__region="us-east-1",
+        aws__endpoint_url=proxy.url,
+        **config,
+    )
+    return setup
+
+
 def test_backup_change_reset_against_seaweedfs(tmp_path: Path, weed_url: str) -> None:
     proxy = S3Proxy(weed_url).start()
     try:
-        setup = Setup(tmp_path, tmp_path / "cache", tmp_path / "images")
-        setup.cache.mkdir()
+        setup = _setup(tmp_path, proxy, "Band 7")
         folder = setup.images / "Band 7"
         setup.file("Band 7/a.tif", b"a" * 3000)
         setup.file("Band 7/sub/b.tif", b"b" * 10)
         big = os.urandom(11 * 1024 * 1024)
         setup.file("Band 7/big.tif", big)
-        setup.write_config(
-            backup__folders=[str(folder)],
-            backup__multipart_threshold_mb=5,
-            backup__part_size_mb=5,
-            aws__access_key=KEY,
-            aws__secret_access_key=SECRET,
-            aws__region="us-east-1",
-            aws__endpoint_url=proxy.url,
-        )
 
         first = setup.run()
         assert first.returncode == 0, first.stderr + first.stdout
@@ -123,23 +131,11 @@ def test_parts_over_plain_http_are_signed_with_their_sha256_again_on_every_retry
     """
     proxy = S3Proxy(weed_url, seed=3).start()
     try:
-        setup = Setup(tmp_path, tmp_path / "cache", tmp_path / "images")
-        setup.cache.mkdir()
+        setup = _setup(tmp_path, proxy, "Band 8", backup__workers=2, aws__max_attempts=10)
         folder = setup.images / "Band 8"
         part = 5 * 1024 * 1024
         big = random.Random(8).randbytes(3 * part + 1000)  # 4 parts, the last short
         setup.file("Band 8/master.tif", big)
-        setup.write_config(
-            backup__folders=[str(folder)],
-            backup__workers=2,
-            backup__multipart_threshold_mb=5,
-            backup__part_size_mb=5,
-            aws__max_attempts=10,
-            aws__access_key=KEY,
-            aws__secret_access_key=SECRET,
-            aws__region="us-east-1",
-            aws__endpoint_url=proxy.url,
-        )
         # "lost": the server stored the part, the answer never came; "internal": a 500.
         proxy.configure(rate=0.5, kinds=("lost", "internal"), only={"PUT part"})
 

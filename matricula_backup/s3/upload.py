@@ -16,7 +16,7 @@ import io
 import logging
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -266,19 +266,28 @@ def _hash_parts(fd: int, size: int, part_size: int) -> tuple[bytes, list[bytes]]
 
     whole = hashlib.sha256()
     parts = []
-    offset = 0
-    while offset < size:
+    for start in range(0, size, part_size):
         crc = 0
-        end = min(offset + part_size, size)
-        while offset < end:
-            chunk = os.pread(fd, min(READ_CHUNK, end - offset), offset)
-            if not chunk:
-                raise FileChanged("it became shorter while it was read")
+        for chunk in _chunks(fd, start, min(part_size, size - start), READ_CHUNK, "read"):
             whole.update(chunk)
             crc = crc64nvme(chunk, crc)
-            offset += len(chunk)
         parts.append(crc.to_bytes(8, "big"))
     return whole.digest(), parts
+
+
+def _chunks(fd: int, start: int, length: int, chunk_size: int, while_: str) -> Iterator[bytes]:
+    """Bytes ``[start, start + length)`` of the file in reads of ``chunk_size``.
+
+    Never fewer bytes: a file that became shorter raises FileChanged ("... while
+    it was ``while_``").
+    """
+    offset, end = start, start + length
+    while offset < end:
+        chunk = os.pread(fd, min(chunk_size, end - offset), offset)
+        if not chunk:
+            raise FileChanged(f"it became shorter while it was {while_}")
+        yield chunk
+        offset += len(chunk)
 
 
 def _multipart(
@@ -427,13 +436,8 @@ class FileRange(io.RawIOBase):
     def sha256_hex(self) -> str:
         """The SHA-256 of the whole range, for signing (signing.py): unpaced, 1 MiB reads."""
         digest = hashlib.sha256()
-        offset = 0
-        while offset < self._length:
-            chunk = os.pread(self._fd, min(SIGN_CHUNK, self._length - offset), self._start + offset)
-            if not chunk:
-                raise FileChanged("it became shorter while it was uploaded")
+        for chunk in _chunks(self._fd, self._start, self._length, SIGN_CHUNK, "uploaded"):
             digest.update(chunk)  # hashlib releases the GIL for large chunks, as pread does
-            offset += len(chunk)
         return digest.hexdigest()
 
 
