@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from awscrt.checksums import crc64nvme
 
+from testkit.proxy import S3Proxy
 from tests.conftest import Setup
 
 
@@ -71,6 +72,60 @@ def test_a_file_growing_during_its_upload_is_left_for_the_next_run(setup: Setup,
     ) == [(len(data), stat.st_mtime_ns, "backed_up", hashlib.sha256(data).hexdigest().upper())]
     head = s3.head_object(Bucket=bucket, Key=str(growing).lstrip("/"))
     assert head["ContentLength"] == len(data)
+
+
+def test_a_file_cut_short_while_its_parts_are_signed_and_sent_is_left_for_the_next_run(
+    setup: Setup, s3: Any, moto_url: str
+) -> None:
+    """Truncated once its first part is on the way: the parts still to go are hashed
+    for their signature (s3/signing.py, over plain HTTP) or read as sent, and both
+    find the file shorter. Nothing is recorded, the upload is aborted."""
+    usual = setup.config["aws"]["endpoint_url"]
+    proxy = S3Proxy(moto_url, delay_ms=250).start()  # parts in flight for a while
+    try:
+        folder = setup.images / "Band"
+        big = setup.file("Band/big.tif", os.urandom(30 * 1024 * 1024))  # 6 parts
+        setup.write_config(
+            backup__folders=[str(folder)],
+            backup__workers=2,
+            backup__multipart_threshold_mb=5,
+            backup__part_size_mb=5,
+            aws__endpoint_url=proxy.url,
+        )
+        cut = threading.Event()
+
+        def cut_when_the_first_part_goes() -> None:
+            deadline = time.monotonic() + 60
+            while proxy.requests["PUT part"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
+            os.truncate(big, 1024 * 1024)
+            cut.set()
+
+        cutter = threading.Thread(target=cut_when_the_first_part_goes)
+        cutter.start()
+        first = setup.run()
+        cutter.join()
+
+        assert cut.is_set()
+        assert first.returncode == 1, first.stdout + first.stderr
+        assert "big.tif" in first.stderr
+        assert "became shorter while it was uploaded" in first.stderr, first.stderr
+        table = setup.table(folder)
+        assert setup.db(f'SELECT path, state FROM "{table}"') == [("big.tif", "failed")]
+        bucket = setup.bucket(folder)
+        assert s3.list_object_versions(Bucket=bucket).get("Versions", []) == []
+        assert s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []  # aborted
+    finally:
+        proxy.stop()
+
+    setup.write_config(aws__endpoint_url=usual)
+    second = setup.run()
+
+    assert second.returncode == 0, second.stdout + second.stderr
+    data = big.read_bytes()
+    assert setup.db(f'SELECT state, hex(sha256) FROM "{table}"') == [
+        ("backed_up", hashlib.sha256(data).hexdigest().upper())
+    ]
 
 
 def test_a_rewrite_that_puts_the_mtime_back_during_a_multipart_upload_is_caught(
