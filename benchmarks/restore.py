@@ -13,9 +13,10 @@ with the same concurrency:
 - ``aws s3 cp --recursive --force-glacier-transfer s3://bucket/prefix DIR``;
 - ``s5cmd cp --force-glacier-transfer 's3://bucket/prefix/*' DIR/``.
 
-Each copy is checked (every file, its size). The report gives wall time, CPU,
-peak RSS and requests by operation, and the tool / faster peer ratio
-(target: <= 1.0).
+Each copy is checked (every file, its size). The report gives wall time, CPU
+(the client's, the S3 server's and the proxy's meanwhile: on two cores they
+share the CPU), peak RSS and requests by operation, and the tool / faster peer
+ratio (target: <= 1.0).
 
 moto keeps every object in memory (a 20,000-file run grew it past 22 GiB):
 it is refused above 5,000 files. ``--server seaweedfs`` holds the big tree on
@@ -261,13 +262,15 @@ def main() -> None:
         "",
         "    " + " ".join(sys.argv),
         "",
-        "| run | tool | wall s | CPU s | peak RSS MiB | S3 requests | copy complete |",
-        "|---|---|---|---|---|---|---|",
+        "| run | tool | wall s | CPU s | server CPU s | proxy CPU s | peak RSS MiB "
+        "| S3 requests | copy complete |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measures:
         check = checks.get(m.tool, None) if m.name.endswith("download") else None
         lines.append(
-            f"| {m.name} | {m.tool} | {m.wall:.1f} | {m.cpu:.1f} | {m.rss_mib:.0f} | "
+            f"| {m.name} | {m.tool} | {m.wall:.1f} | {m.cpu:.1f} | {m.server_cpu:.1f} | "
+            f"{m.proxy_cpu:.1f} | {m.rss_mib:.0f} | "
             f"{m.total_requests:,}: {_fmt_requests(m.requests)} | "
             f"{'' if check is None else ('yes' if check else 'NO')}"
             f"{' (' + m.note + ')' if m.note else ''} |"
