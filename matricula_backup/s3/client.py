@@ -11,6 +11,7 @@ import os
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -77,17 +78,45 @@ class Store:
         return ThrottledBody(data, self.throttle) if self.throttle else data
 
 
+def parse_timestamp(value: Any) -> datetime:
+    """A timestamp in an S3 answer, as botocore's parser gives it, ~300x faster.
+
+    botocore parses every timestamp with dateutil (~95 us each): 1.9 s of CPU
+    for a listing of 20,000 versions, each with its LastModified. S3 sends
+    ISO 8601 with a zone ('2026-12-06T12:00:00.000Z'), which
+    ``datetime.fromisoformat`` reads; anything else goes to botocore's parser.
+    """
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if moment.tzinfo is not None:
+                return moment
+    from botocore.utils import parse_timestamp as botocore_parse
+
+    return botocore_parse(value)
+
+
 def connect(settings: Settings) -> Store:
     """Build the run's one S3 client. Makes no request."""
     # Imported here, not at the top: boto3 and botocore's config (which loads
     # awscrt) cost ~0.2 s of start-up that a run with nothing to upload skips.
     import boto3
+    import botocore.session
     from botocore.config import Config
 
     from matricula_backup.s3.signing import PlainHttpPartSigning
 
     aws = settings.aws
+    core = botocore.session.get_session()
+    # The AWS CLI replaces this parser the same way (awscli/customizations/scalarparse.py).
+    core.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=parse_timestamp
+    )
     session = boto3.session.Session(
+        botocore_session=core,
         aws_access_key_id=aws.access_key or None,
         aws_secret_access_key=aws.secret_access_key or None,
         # botocore reads AWS_DEFAULT_REGION; AWS_REGION is the newer standard name.
