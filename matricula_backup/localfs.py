@@ -26,6 +26,7 @@ administrator and is opened normally.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -43,6 +44,10 @@ _swept: set[tuple[int, int]] = set()
 _swept_lock = threading.Lock()
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown
+# Unicode's categories Cc (C0, DEL, C1) and Cs (surrogates: undecodable bytes of a
+# name read with surrogateescape), exactly: tests/test_restore_safety.py checks
+# this against unicodedata for every code point.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class UnsafeKey(Exception):
@@ -78,9 +83,8 @@ def split_key(rel: str) -> list[str]:
     """The segments of a key's path below its folder; raise UnsafeKey if it is not safe."""
     if not rel:
         raise UnsafeKey("the key names the folder itself, not a file")
-    for char in rel:
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            raise UnsafeKey("the key contains a control character")
+    if _CONTROL.search(rel):
+        raise UnsafeKey("the key contains a control character")
     if rel.startswith("/"):
         raise UnsafeKey("the path below the folder starts with '/'")
     if rel.endswith("/"):
@@ -232,9 +236,14 @@ def _directory(
             os.close(fd)
 
 
+@functools.lru_cache(maxsize=64)
+def _base(root: str) -> str:
+    return os.path.normpath(os.path.abspath(root))
+
+
 def inside(root: str, parts: list[str]) -> str:
     """The path of the file, checked to lie below ``root`` (after normalisation)."""
-    base = os.path.normpath(os.path.abspath(root))
+    base = _base(root)
     path = os.path.normpath(os.path.join(base, *parts))
     if not path.startswith(base.rstrip("/") + "/"):
         raise UnsafeKey(f"{escape(path)} would lie outside {escape(base)}")

@@ -30,11 +30,12 @@ import re
 import shlex
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 
@@ -87,8 +88,7 @@ class RestoreReport:
     problems: list[Problem] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Item:
+class _Item(NamedTuple):  # one per object: a tuple is made ~5x faster than a dataclass
     bucket: str
     key: str
     version_id: str
@@ -513,24 +513,20 @@ def _next_batch(
     ).all()
     if not rows:
         return [], last, 0
-    items = [
-        _place(
-            _Item(row[1], row[2], row[3], row[4], "", bool(row[5]), bool(row[6]), bool(row[7])),
-            sources[row[1]],
-            options.to,
-        )
-        for row in rows
-    ]
+    items = [_place(row, sources[row[1]], options.to) for row in rows]
     return items, int(rows[-1][0]), sum(int(row[4]) for row in rows)
 
 
-def _place(item: _Item, folder: Path, to: Path | None) -> _Item:
-    """Where the object goes: checked below the backup folder (or --to), or why not."""
+def _place(row: Sequence[Any], folder: Path, to: Path | None) -> _Item:
+    """Where the object of a selection row goes: checked below the backup folder (or
+    --to), or why not."""
+    _, bucket, key, version_id, size, downloaded, requested, archived = row
+    flags = (bool(downloaded), bool(requested), bool(archived))
     prefix = str(folder).lstrip("/") + "/"
     try:
-        if not item.key.startswith(prefix):
+        if not key.startswith(prefix):
             raise localfs.UnsafeKey(f"the key lies outside the folder's prefix {prefix!r}")
-        parts = localfs.split_key(item.key[len(prefix) :])
+        parts = localfs.split_key(key[len(prefix) :])
         if to is None:
             root = str(folder)
         else:
@@ -538,9 +534,9 @@ def _place(item: _Item, folder: Path, to: Path | None) -> _Item:
             parts = [*prefix.rstrip("/").split("/"), *parts]
         path = localfs.inside(root, parts)
     except localfs.UnsafeKey as exc:
-        shown = f"s3://{item.bucket}/{localfs.escape(item.key)}"
-        return replace(item, target=shown, unsafe=f"not restored: {exc}")
-    return replace(item, target=path, root=root, parts=tuple(parts))
+        shown = f"s3://{bucket}/{localfs.escape(key)}"
+        return _Item(bucket, key, version_id, size, shown, *flags, unsafe=f"not restored: {exc}")
+    return _Item(bucket, key, version_id, size, path, *flags, root, tuple(parts))
 
 
 def _restore_one(store: client.Store, item: _Item, options: RestoreOptions) -> tuple[str, str]:
