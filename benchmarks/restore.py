@@ -27,7 +27,7 @@ this script from the version listing, and the tool's download run does what it
 does after a real requesting run (one GET per object, no HEAD).
 
     .venv/bin/python benchmarks/restore.py --files 5000 --delay-ms 20
-    .venv/bin/python benchmarks/restore.py --server seaweedfs --files 20000 --delay-ms 20
+    .venv/bin/python benchmarks/restore.py --server seaweedfs --files 20000 --delay-ms 20 --repeat 3
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ import os
 import platform
 import shutil
 import sqlite3
+import statistics
 import sys
 import tempfile
 import time
@@ -64,6 +65,7 @@ from bench import (  # noqa: E402
     tool_env,
     write_config,
 )
+from benchsuite.profiling import profile  # noqa: E402
 
 from testkit.proxy import S3Proxy  # noqa: E402
 
@@ -184,6 +186,19 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--out", type=Path, default=Path("/tmp/restore-results.md"))
     parser.add_argument("--server", choices=("moto", "seaweedfs"), default="moto")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds of downloads (each tool once per round, the order rotated); "
+        "the ratio compares medians",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed runs, a py-spy profile (GIL holder) of a second download "
+        "run of the tool (py-spy from --peers-venv)",
+    )
     args = parser.parse_args()
     if args.server == "moto" and args.files > MOTO_MAX_FILES:
         parser.error(
@@ -222,37 +237,63 @@ def main() -> None:
         else:
             request = _record_requests(cache, server.url, bucket, prefix)
         measures: list[Measure] = [upload, request]
-        copies: dict[str, Path] = {}
-        dest = work / "by-matricula-backup"
-        argv = [str(TOOL), "restore", "--cache", str(cache), "--to", str(dest)]
-        measures.append(runner.run("restore: download", "matricula-backup", argv, tool_env()))
-        copies["matricula-backup"] = dest / prefix
         # The same selection without downloading: the version listing alone, which
         # moto serves far slower than ListObjectsV2 (see RESULTS.md).
         argv = [str(TOOL), "restore", "--cache", str(cache), "--dry-run"]
-        measures.append(
-            runner.run("restore --dry-run (listing)", "matricula-backup", argv, tool_env())
-        )
-        for name, (peer_argv, env) in peer_commands(
-            args.peers_venv, work, proxy.url, f"{bucket}/{prefix}", args.workers
-        ).items():
-            dest = work / f"by-{name}"
-            dest.mkdir()
-            peer_argv = [
-                str(dest) if a == "DEST" else a.replace("DEST/", f"{dest}/") for a in peer_argv
-            ]
-            measures.append(runner.run("download", name, peer_argv, env))
-            copies[name] = dest
+        listing = runner.run("restore --dry-run (listing)", "matricula-backup", argv, tool_env())
+        measures.append(listing)
         expected = tree_of(folder)
-        checks = {name: tree_of(path) == expected for name, path in copies.items()}
+        commands = peer_commands(
+            args.peers_venv, work, proxy.url, f"{bucket}/{prefix}", args.workers
+        )
+        names = ["matricula-backup", *commands]
+        downloads: list[Measure] = []
+        checks: dict[int, bool] = {}
+        for round_ in range(args.repeat):
+            # Each round in another order: whoever goes first meets the server
+            # still settling after the upload.
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                dest = work / f"by-{name}-{round_}"
+                label = f"download, round {round_ + 1}"
+                if name == "matricula-backup":
+                    argv = [str(TOOL), "restore", "--cache", str(cache), "--to", str(dest)]
+                    measure = runner.run(label, name, argv, tool_env())
+                    copy = dest / prefix
+                else:
+                    dest.mkdir()
+                    peer_argv, env = commands[name]
+                    peer_argv = [
+                        str(dest) if a == "DEST" else a.replace("DEST/", f"{dest}/")
+                        for a in peer_argv
+                    ]
+                    measure = runner.run(label, name, peer_argv, env)
+                    copy = dest
+                checks[id(measure)] = tree_of(copy) == expected
+                shutil.rmtree(dest, ignore_errors=True)
+                downloads.append(measure)
+        measures += downloads
+        pyspy = args.peers_venv / "bin" / "py-spy"
+        if args.profile and pyspy.exists():
+            argv = [str(TOOL), "restore", "--cache", str(cache), "--to", str(work / "profiled")]
+            raw = args.out.with_suffix(".profile.txt")
+            profiled = profile(argv, tool_env(), pyspy, raw, args.timeout, gil=True)
+            notes.append(f"py-spy (GIL holder) of a second download run: {raw}")
+            notes += [
+                f"  own {own:4.1f}%  total {total:4.1f}%  {frame}"
+                for frame, own, total in profiled.get("top", [])
+            ]
     finally:
         if proxy is not None:
             proxy.stop()
         server.stop()
         spawner.stop()
-    peers = [m for m in measures if m.tool in ("aws", "s5cmd") and m.ok and checks.get(m.tool)]
-    ours = measures[2]
-    faster = min(peers, key=lambda m: m.wall) if peers else None
+    by_tool: dict[str, list[float]] = {}
+    for m in downloads:
+        if m.ok and checks.get(id(m)):
+            by_tool.setdefault(m.tool, []).append(m.wall)
+    medians = {tool: statistics.median(walls) for tool, walls in by_tool.items()}
+    peers = {tool: wall for tool, wall in medians.items() if tool != "matricula-backup"}
+    faster = min(peers, key=peers.__getitem__) if peers else None
     lines = [
         f"Restore of {args.files:,} x {args.small_kib} KiB ({args.per_dir} per folder), "
         f"{server.version or args.server} "
@@ -267,7 +308,7 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measures:
-        check = checks.get(m.tool, None) if m.name.endswith("download") else None
+        check = checks.get(id(m))
         lines.append(
             f"| {m.name} | {m.tool} | {m.wall:.1f} | {m.cpu:.1f} | {m.server_cpu:.1f} | "
             f"{m.proxy_cpu:.1f} | {m.rss_mib:.0f} | "
@@ -275,16 +316,17 @@ def main() -> None:
             f"{'' if check is None else ('yes' if check else 'NO')}"
             f"{' (' + m.note + ')' if m.note else ''} |"
         )
-    if faster is not None:
-        ratio = ours.wall / faster.wall
-        listing = measures[3].wall
+    if faster is not None and "matricula-backup" in medians:
+        ours = medians["matricula-backup"]
+        ratio = ours / peers[faster]
+        rounds = f"median of {args.repeat} rounds" if args.repeat > 1 else "one round"
         lines += [
             "",
-            f"matricula-backup restore / faster peer ({faster.tool}): "
-            f"{ours.wall:.1f} s / {faster.wall:.1f} s = **{ratio:.2f}** "
+            f"matricula-backup restore / faster peer ({faster}), {rounds}: "
+            f"{ours:.1f} s / {peers[faster]:.1f} s = **{ratio:.2f}** "
             f"(target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}); the version "
-            f"listing alone (the dry run) takes {listing:.1f} s: the download run lists "
-            "while it downloads",
+            f"listing alone (the dry run) takes {listing.wall:.1f} s: the download run "
+            "lists while it downloads",
         ]
     lines += [f"note: {note}" for note in notes]
     report = "\n".join(lines) + "\n"
