@@ -11,6 +11,7 @@ import hashlib
 import os
 import random
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -163,3 +164,43 @@ def test_parts_over_plain_http_are_signed_with_their_sha256_again_on_every_retry
         assert hashlib.sha256(body).digest() == hashlib.sha256(big).digest()
     finally:
         proxy.stop()
+
+
+def test_the_crt_signs_with_keys_that_never_change_and_with_refreshing_ones(
+    weed_url: str,
+) -> None:
+    """Keys from config.json go to the CRT once (no call into Python per request);
+    credentials that refresh themselves (an instance role, SSO) are asked at each
+    signing. SeaweedFS checks every signature: a wrong secret is refused."""
+    from botocore.credentials import Credentials, RefreshableCredentials
+
+    from matricula_backup.errors import RequestFailed
+    from matricula_backup.s3.crt import FastPut
+
+    bucket = "crt-credentials"
+    _client(weed_url).create_bucket(Bucket=bucket)
+    asked = []
+
+    def refresh() -> dict[str, Any]:
+        asked.append(1)
+        soon = datetime.now(UTC) + timedelta(seconds=1)  # always due: refreshed at each use
+        return {
+            "access_key": KEY,
+            "secret_key": SECRET,
+            "token": None,
+            "expiry_time": soon.isoformat(),
+        }
+
+    refreshing = RefreshableCredentials.create_from_metadata(refresh(), refresh, "test")
+    for name, credentials in (("static", Credentials(KEY, SECRET)), ("refreshing", refreshing)):
+        fast = FastPut(weed_url, True, "us-east-1", credentials, 1, 5.0)
+        for number in range(3):
+            fast.put(bucket, f"{name}/{number}", name.encode(), {})
+            _, body = fast.get_object(bucket, f"{name}/{number}", "null", len(name))
+            assert body == name.encode()
+    assert len(asked) >= 1 + 6, asked  # the first metadata, then every PUT and GET
+
+    wrong = FastPut(weed_url, True, "us-east-1", Credentials(KEY, "not-the-secret"), 1, 5.0)
+    with pytest.raises(RequestFailed) as refused:
+        wrong.put(bucket, "wrong", b"x", {})
+    assert "Signature" in str(refused.value), refused.value
