@@ -9,7 +9,9 @@ bucket, and a restore often runs as root. So (DESIGN.md, invariant 9):
 - below the target root every directory is opened (or created) one component
   at a time with ``O_NOFOLLOW | O_DIRECTORY`` relative to its parent's file
   descriptor: a symlink where a directory is expected stops the file
-  (``UnsafePath``) and nothing is written below it;
+  (``UnsafePath``) and nothing is written below it; a restore keeps the
+  descriptors of the directories it writes into (``Directories``), so the
+  files of one folder share one walk;
 - the bytes go to a temporary file with an unpredictable name, created with
   ``O_CREAT | O_EXCL | O_NOFOLLOW`` in the target directory; mode, owner and
   mtime are set on its descriptor, and ``rename`` relative to the directory's
@@ -34,6 +36,7 @@ import stat
 import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -197,16 +200,13 @@ def _explain(exc: OSError, parent: int, name: str, shown: str) -> None:
         ) from None
 
 
-@contextlib.contextmanager
-def _directory(
-    root: str, parts: list[str], dir_mode: int, create: bool
-) -> Iterator[tuple[int | None, str]]:
-    """(a descriptor of the directory holding ``parts[-1]``, or None if it does not
+def _walk(root: str, dirs: list[str], dir_mode: int, create: bool) -> tuple[int | None, str]:
+    """(a descriptor of ``root/dirs...``, owned by the caller, or None if it does not
     exist; its path). A PermissionError names the directory that could not be written."""
     shown = root.rstrip("/") or "/"
     fd = _open_root(root, dir_mode, create)
     try:
-        for name in parts[:-1]:
+        for name in dirs:
             if fd is None:
                 break
             shown = f"{shown}/{name}"
@@ -230,10 +230,11 @@ def _directory(
                     os.fchmod(child, dir_mode)
             os.close(fd)
             fd = child
-        yield fd, shown
-    finally:
+    except BaseException:
         if fd is not None:
             os.close(fd)
+        raise
+    return fd, shown
 
 
 @functools.lru_cache(maxsize=64)
@@ -248,17 +249,6 @@ def inside(root: str, parts: list[str]) -> str:
     if not path.startswith(base.rstrip("/") + "/"):
         raise UnsafeKey(f"{escape(path)} would lie outside {escape(base)}")
     return path
-
-
-def lstat(root: str, parts: list[str]) -> os.stat_result | None:
-    """What is at the file's place now, without following any symlink; None if nothing."""
-    with _directory(root, parts, 0o755, create=False) as (fd, _):
-        if fd is None:
-            return None
-        try:
-            return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-        except FileNotFoundError:
-            return None
 
 
 class Output:
@@ -314,7 +304,10 @@ def _sweep(directory: int) -> None:
     """Remove temporary files an earlier, killed restore left here (once per directory).
 
     Only one restore runs at a time (restore.lock): a temporary file older than
-    this process is nobody's. ``unlink`` removes the entry, never a link's target.
+    this process is nobody's. Older by its ctime, which nothing can set: its
+    mtime is the backup's (set before the rename), so a file another thread of
+    this run is writing here would look old by its mtime. ``unlink`` removes the
+    entry, never a link's target.
     """
     info = os.fstat(directory)
     with _swept_lock:
@@ -324,21 +317,139 @@ def _sweep(directory: int) -> None:
     for name in os.listdir(directory):
         if _TEMP_NAME.fullmatch(name):
             with contextlib.suppress(OSError):
-                if os.stat(name, dir_fd=directory, follow_symlinks=False).st_mtime < _STARTED:
+                if os.stat(name, dir_fd=directory, follow_symlinks=False).st_ctime < _STARTED:
                     os.unlink(name, dir_fd=directory)
 
 
-@contextlib.contextmanager
-def create(root: str, parts: list[str], dir_mode: int) -> Iterator[Output]:
-    """A temporary file in the file's directory (created as needed); removed unless committed."""
-    with _directory(root, parts, dir_mode, create=True) as (fd, shown):
-        assert fd is not None
-        _sweep(fd)
+class _Opened:
+    """A directory descriptor held by ``Directories``: closed once unused and evicted."""
+
+    __slots__ = ("fd", "shown", "users", "cached", "swept")
+
+    def __init__(self, fd: int, shown: str) -> None:
+        self.fd = fd
+        self.shown = shown
+        self.users = 0
+        self.cached = True
+        self.swept = False
+
+
+class Directories:
+    """The directories a restore writes into, each opened once for all its files.
+
+    Opening a file's directory one component at a time, without following
+    symlinks, costs two system calls per component; the files of one folder
+    share its descriptor instead. Safe as before: a descriptor stays the
+    directory that was checked when it was opened (a symlink put in its place
+    later changes nothing). At most ``limit`` are kept; one in use is never
+    closed. A directory removed meanwhile is opened (made) again. Thread-safe.
+    """
+
+    def __init__(self, limit: int = 64) -> None:
+        self._limit = limit
+        self._lock = threading.Lock()
+        self._open: OrderedDict[tuple[str, tuple[str, ...]], _Opened] = OrderedDict()
+
+    def _acquire(
+        self, root: str, dirs: tuple[str, ...], dir_mode: int, create: bool
+    ) -> _Opened | None:
+        key = (root, dirs)
+        with self._lock:
+            opened = self._open.get(key)
+            if opened is not None:
+                opened.users += 1
+                self._open.move_to_end(key)
+                return opened
+        fd, shown = _walk(root, list(dirs), dir_mode, create)
+        if fd is None:
+            return None
+        with self._lock:
+            opened = self._open.get(key)
+            if opened is not None:  # another thread opened it meanwhile
+                os.close(fd)
+            else:
+                opened = self._open[key] = _Opened(fd, shown)
+            opened.users += 1
+            self._evict()
+            return opened
+
+    def _release(self, opened: _Opened, stale: bool = False) -> None:
+        with self._lock:
+            opened.users -= 1
+            if stale and opened.cached:
+                opened.cached = False
+                for key, value in self._open.items():
+                    if value is opened:
+                        del self._open[key]
+                        break
+            if not opened.cached and not opened.users:
+                os.close(opened.fd)
+            self._evict()
+
+    def _evict(self) -> None:
+        """Close the least recently used unused descriptors above the limit (lock held)."""
+        if len(self._open) <= self._limit:
+            return
+        for key in [key for key, value in self._open.items() if not value.users]:
+            opened = self._open.pop(key)
+            opened.cached = False
+            os.close(opened.fd)
+            if len(self._open) <= self._limit:
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            for opened in self._open.values():
+                opened.cached = False
+                if not opened.users:
+                    os.close(opened.fd)
+            self._open.clear()
+
+    def lstat(self, root: str, parts: list[str]) -> os.stat_result | None:
+        """What is at the file's place now, without following any symlink; None if nothing."""
+        opened = self._acquire(root, tuple(parts[:-1]), 0o755, create=False)
+        if opened is None:
+            return None
         try:
-            output = Output(fd, parts[-1])
-        except PermissionError as exc:
-            raise PermissionError(exc.errno, exc.strerror, shown) from None
+            return os.stat(parts[-1], dir_fd=opened.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        finally:
+            self._release(opened)
+
+    @contextlib.contextmanager
+    def create(self, root: str, parts: list[str], dir_mode: int) -> Iterator[Output]:
+        """A temporary file in the file's directory (made as needed); removed unless committed."""
+        opened, output = self._output(root, tuple(parts[:-1]), dir_mode, parts[-1])
         try:
             yield output
         finally:
-            output.close()
+            try:
+                output.close()
+            finally:
+                self._release(opened)
+
+    def _output(
+        self, root: str, dirs: tuple[str, ...], dir_mode: int, name: str
+    ) -> tuple[_Opened, Output]:
+        for attempt in (1, 2):
+            opened = self._acquire(root, dirs, dir_mode, create=True)
+            assert opened is not None  # create=True: made if missing
+            try:
+                if not opened.swept:
+                    _sweep(opened.fd)
+                    opened.swept = True
+                return opened, Output(opened.fd, name)
+            except FileNotFoundError:
+                removed = os.fstat(opened.fd).st_nlink == 0
+                self._release(opened, stale=removed)
+                if removed and attempt == 1:
+                    continue  # removed since it was opened: open (make) it again
+                raise
+            except PermissionError as exc:
+                self._release(opened)
+                raise PermissionError(exc.errno, exc.strerror, opened.shown) from None
+            except BaseException:
+                self._release(opened)
+                raise
+        raise AssertionError("not reached: the second attempt returns or raises")

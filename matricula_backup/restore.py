@@ -462,11 +462,12 @@ def _work(
     in_flight = 0
     results: list[tuple[_Item, str, str]] = []
     last_commit = time.monotonic()
+    directories = localfs.Directories()
 
     def work() -> None:
         while (item := todo.get()) is not None:
             try:
-                outcome, detail = _restore_one(store, item, options)
+                outcome, detail = _restore_one(store, item, options, directories)
             except Exception as exc:  # a fault of ours: this object fails, not the run
                 logger.exception("restore %s", item.target)
                 outcome, detail = "error", f"internal error: {type(exc).__name__}: {exc}"
@@ -503,6 +504,7 @@ def _work(
             todo.put(None)
         for thread in threads:
             thread.join()
+        directories.close()
 
 
 def _batches(
@@ -557,13 +559,15 @@ def _place(row: Sequence[Any], folder: Path, to: Path | None) -> _Item:
     return _Item(bucket, key, version_id, size, path, *flags, root, tuple(parts))
 
 
-def _restore_one(store: client.Store, item: _Item, options: RestoreOptions) -> tuple[str, str]:
+def _restore_one(
+    store: client.Store, item: _Item, options: RestoreOptions, directories: localfs.Directories
+) -> tuple[str, str]:
     """Do the next step for one object; returns (outcome, detail). Never raises."""
     if item.unsafe:
         return "error", item.unsafe
     parts = list(item.parts)
     try:
-        local = localfs.lstat(item.root, parts)
+        local = directories.lstat(item.root, parts)
         if local is not None and not stat.S_ISREG(local.st_mode):
             if stat.S_ISDIR(local.st_mode):
                 return "error", "a directory is in the place of the file; left alone"
@@ -589,7 +593,7 @@ def _restore_one(store: client.Store, item: _Item, options: RestoreOptions) -> t
         elif not item.archived or item.requested_before:
             # Probably readable by now: one GET instead of HEAD + GET.
             try:
-                return _download(store, item, options, None)
+                return _download(store, item, options, None, directories)
             except client.S3_ERRORS as exc:
                 if client.error_code(exc) != "InvalidObjectState":
                     raise
@@ -602,7 +606,7 @@ def _restore_one(store: client.Store, item: _Item, options: RestoreOptions) -> t
                 store, item.bucket, item.key, item.version_id, options.tier, options.days
             )
             return "requested", ""
-        return _download(store, item, options, state)
+        return _download(store, item, options, state, directories)
     except client.S3_ERRORS as exc:
         return "error", client.describe(exc)
     except localfs.UnsafePath as exc:
@@ -614,11 +618,15 @@ def _restore_one(store: client.Store, item: _Item, options: RestoreOptions) -> t
 
 
 def _download(
-    store: client.Store, item: _Item, options: RestoreOptions, state: objects.ObjectState | None
+    store: client.Store,
+    item: _Item,
+    options: RestoreOptions,
+    state: objects.ObjectState | None,
+    directories: localfs.Directories,
 ) -> tuple[str, str]:
     fetched = objects.download(store, item.bucket, item.key, item.version_id, state, item.size)
     dir_mode = 0o777 & ~options.umask
-    with localfs.create(item.root, list(item.parts), dir_mode) as output:
+    with directories.create(item.root, list(item.parts), dir_mode) as output:
         for chunk in fetched.chunks():
             output.write(chunk)
         attributes = localfs.attributes(
