@@ -27,7 +27,8 @@ from matricula_backup import iam
 from tests.conftest import Setup
 
 PACKAGE = Path(iam.__file__).resolve().parent
-CRT_REQUESTS = {"PUT_OBJECT": "PutObject", "GET_OBJECT": "GetObject"}
+# A CRT request's operation: by its type, or (DEFAULT) by its operation_name argument.
+CRT_REQUESTS = {"PUT_OBJECT": "PutObject", "GET_OBJECT": "GetObject", "DEFAULT": None}
 ANY_PARAMETER = "**"
 PROTOCOL_METHODS = {"__init__", "__post_init__", "__call__", "__enter__", "__exit__"}
 
@@ -131,6 +132,10 @@ class Package:
                 keyword.arg if keyword.arg is not None else ANY_PARAMETER
                 for keyword in node.keywords
             )
+            for keyword in node.keywords:
+                if keyword.arg == "operation_name":  # a CRT request of type DEFAULT
+                    assert isinstance(keyword.value, ast.Constant), ast.unparse(node)
+                    function.calls.add((str(keyword.value.value), frozenset({ANY_PARAMETER})))
             if method in API:
                 function.calls.add((API[method], parameters))
             elif method == "get_paginator" and node.args:
@@ -143,7 +148,9 @@ class Package:
             if isinstance(node.value, ast.Name) and node.value.id in modules:
                 function.refs.add((modules[node.value.id], node.attr))
             if isinstance(node.value, ast.Attribute) and node.value.attr == "S3RequestType":
-                function.calls.add((CRT_REQUESTS[node.attr], frozenset({ANY_PARAMETER})))
+                operation = CRT_REQUESTS[node.attr]
+                if operation is not None:
+                    function.calls.add((operation, frozenset({ANY_PARAMETER})))
             for key in methods.get(node.attr, []):
                 function.refs.add(key)
         if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):

@@ -204,3 +204,16 @@ def test_the_crt_signs_with_keys_that_never_change_and_with_refreshing_ones(
     with pytest.raises(RequestFailed) as refused:
         wrong.put(bucket, "wrong", b"x", {})
     assert "Signature" in str(refused.value), refused.value
+
+
+def test_the_crt_listing_and_botocore_s_agree_against_seaweedfs(
+    tmp_path: Path, weed_url: str
+) -> None:
+    """As tests/test_listing.py against moto: the CRT's pages read by objects.py give
+    what botocore's paginator gives, here from a production server's XML."""
+    from tests.test_listing import check_both_ways_agree, fill_bucket, make_store
+
+    s3 = _client(weed_url)
+    fill_bucket(s3, "listing", "images/Band 1/")
+    store = make_store(tmp_path, weed_url, KEY, SECRET, "us-east-1")
+    check_both_ways_agree(store, s3, "listing", "images/Band 1/")

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+from urllib.parse import unquote_plus
+from xml.etree import ElementTree
 
 from botocore.exceptions import ClientError
 
-from matricula_backup.errors import (
-    ChecksumMismatch,
-)
+from matricula_backup.errors import ChecksumMismatch, RequestFailed
 from matricula_backup.model import ListedObject
-from matricula_backup.s3.client import FAST_PUT_MAX, READ_CHUNK, Store, error_code
+from matricula_backup.s3.client import FAST_PUT_MAX, READ_CHUNK, S3_ERRORS, Store, error_code
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +46,17 @@ def list_latest(store: Store, bucket: str, prefix: str) -> Iterator[list[ListedO
 
     A bucket that does not exist yields nothing.
     """
-    paginator = store.client.get_paginator("list_object_versions")
     try:
-        for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-            objects = []
-            for version in page.get("Versions", []):
-                rel = version["Key"][len(prefix) :]
-                if version.get("IsLatest") and rel and not rel.endswith("/"):
-                    objects.append(
-                        ListedObject(
-                            rel,
-                            int(version["Size"]),
-                            int(version["LastModified"].timestamp()),
-                            version.get("VersionId"),
-                        )
-                    )
-            yield objects
-    except ClientError as exc:
+        for page in list_versions(store, bucket, prefix):
+            yield [
+                ListedObject(rel, entry.size, entry.last_modified_ms // 1000, entry.version_id)
+                for entry in page
+                if entry.is_latest
+                and not entry.is_marker
+                and (rel := entry.key[len(prefix) :])
+                and not rel.endswith("/")
+            ]
+    except S3_ERRORS as exc:
         if error_code(exc) != "NoSuchBucket":
             raise
 
@@ -92,10 +88,93 @@ class ObjectState:
     metadata: dict[str, str] = field(default_factory=dict)  # all of it, untrusted
 
 
-def list_versions(store: Store, bucket: str, prefix: str) -> Iterator[list[Version]]:
-    """Every version and delete marker under ``prefix``, a page at a time."""
+def list_versions(
+    store: Store, bucket: str, prefix: str, page_size: int = 1000
+) -> Iterator[list[Version]]:
+    """Every version and delete marker under ``prefix``, a page (of up to
+    ``page_size``) at a time, in the listing's order (by key; a key's versions
+    newest first)."""
+    if store.fast_put is None:
+        yield from _botocore_versions(store, bucket, prefix, page_size)
+        return
+    marker: tuple[str, str] | None = ("", "")
+    while marker is not None:
+        params = [
+            ("versions", ""),
+            ("encoding-type", "url"),
+            ("max-keys", str(page_size)),
+            ("prefix", prefix),
+        ]
+        if marker[0]:
+            params += [("key-marker", marker[0]), ("version-id-marker", marker[1])]
+        store.counter("ListObjectVersions")
+        entries, following = parse_versions(store.fast_put.list_object_versions(bucket, params))
+        if following == marker:
+            raise RequestFailed("ListObjectVersions", "", "the listing did not advance")
+        marker = following
+        yield entries
+
+
+_LISTING_NS = re.compile(r"^\{[^}]*\}")
+
+
+def parse_versions(body: bytes) -> tuple[list[Version], tuple[str, str] | None]:
+    """A ListObjectVersions answer: (its entries in order, the next (key, version id)
+    markers, None on the last page). Keys are url-decoded if the answer says so."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError as exc:
+        raise RequestFailed("ListObjectVersions", "", f"unreadable answer: {exc}") from None
+    found = _LISTING_NS.match(root.tag)
+    ns = found.group(0) if found else ""
+    decode = unquote_plus if root.findtext(f"{ns}EncodingType") == "url" else str
+    version, marker, skip = f"{ns}Version", f"{ns}DeleteMarker", len(ns)
+    entries = []
+    for element in root:
+        if element.tag != version and element.tag != marker:
+            continue
+        fields = {child.tag[skip:]: child.text or "" for child in element}
+        try:
+            entries.append(
+                Version(
+                    decode(fields["Key"]),
+                    fields.get("VersionId") or "null",
+                    int(fields.get("Size") or 0),
+                    _milliseconds(fields["LastModified"]),
+                    fields.get("StorageClass") or "STANDARD",
+                    element.tag == marker,
+                    fields.get("IsLatest") == "true",
+                )
+            )
+        except (KeyError, ValueError):
+            raise RequestFailed(
+                "ListObjectVersions", "", "an entry without a readable Key, Size or LastModified"
+            ) from None
+    if root.findtext(f"{ns}IsTruncated") != "true":
+        return entries, None
+    following = decode(root.findtext(f"{ns}NextKeyMarker") or "")
+    if not following:
+        raise RequestFailed("ListObjectVersions", "", "a truncated page without NextKeyMarker")
+    return entries, (following, root.findtext(f"{ns}NextVersionIdMarker") or "")
+
+
+def _milliseconds(value: str) -> int:
+    """S3's ISO 8601 time ('2026-12-06T22:37:01.000Z') in milliseconds since the epoch."""
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("LastModified")
+    return int(moment.timestamp() * 1000)
+
+
+def _botocore_versions(
+    store: Store, bucket: str, prefix: str, page_size: int
+) -> Iterator[list[Version]]:
+    """The same through botocore's paginator, where the CRT is not available."""
     paginator = store.client.get_paginator("list_object_versions")
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+    pages = paginator.paginate(
+        Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": page_size}
+    )
+    for page in pages:
         entries = [
             Version(
                 item["Key"],
