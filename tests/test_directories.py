@@ -25,7 +25,8 @@ def _open_fds() -> int:
 def _write(directories: localfs.Directories, root: Path, rel: str, data: bytes) -> None:
     with directories.create(str(root), rel.split("/"), 0o755) as output:
         output.write(data)
-        output.commit(ATTRS, None)
+        written = output.finish(ATTRS, None)
+    assert directories.put_in_place([written]) == [None]
 
 
 def test_files_of_many_folders_land_in_place_with_a_bounded_number_of_descriptors(
@@ -128,21 +129,49 @@ def test_many_threads_share_the_descriptors(tmp_path: Path) -> None:
 def test_the_sweep_leaves_a_temporary_file_of_this_run_with_an_old_mtime(tmp_path: Path) -> None:
     """Another thread's file, given the backup's mtime before its rename, is not a
     leftover: the sweep goes by ctime (a race seen in a 20,000-file restore)."""
-    folder = tmp_path / "Band 1"
-    folder.mkdir()
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        output = localfs.Output(fd, "a.tif")
+    directories = localfs.Directories()
+    with directories.create(str(tmp_path), ["Band 1", "a.tif"], 0o755) as output:
         output.write(b"a")
-        temp = [p for p in folder.iterdir() if p.name.endswith(localfs.TEMP_SUFFIX)]
+        temp = [p for p in (tmp_path / "Band 1").iterdir() if p.name.endswith(localfs.TEMP_SUFFIX)]
         assert len(temp) == 1
-        os.utime(temp[0], (1_600_000_000, 1_600_000_000))
-
-        localfs._sweep(fd)  # as the first thread to use the directory does
-
+        written = output.finish(ATTRS, 1_600_000_000 * 10**9)
+        assert temp[0].stat().st_mtime == 1_600_000_000
+        # As a second thread reaching the directory first by another path would:
+        localfs._swept.clear()
+        localfs._sweep(written.opened.fd)
         assert temp[0].exists()
-        output.commit(ATTRS, 1_600_000_000 * 10**9)
-        output.close()
-    finally:
-        os.close(fd)
-    assert (folder / "a.tif").read_bytes() == b"a"
+    assert directories.put_in_place([written]) == [None]
+    directories.close()
+    assert (tmp_path / "Band 1" / "a.tif").read_bytes() == b"a"
+    assert not temp[0].exists()
+
+
+def test_files_are_put_in_place_only_when_durable_and_a_failed_rename_is_reported(
+    tmp_path: Path,
+) -> None:
+    """Until put_in_place a finished file is a temporary file (a crash leaves no
+    incomplete file under a final name); a rename that fails is that file's error."""
+    before = _open_fds()
+    directories = localfs.Directories(limit=1)
+    batch = []
+    for rel in ("Band 1/a.tif", "Band 2/b.tif", "Band 3/c.tif"):
+        with directories.create(str(tmp_path), rel.split("/"), 0o755) as output:
+            output.write(rel.encode())
+            batch.append(output.finish(ATTRS, None))
+    assert not list(tmp_path.rglob("*.tif"))  # nothing under a final name yet
+    assert _open_fds() == before + 3  # each waiting file holds its directory
+    (tmp_path / "Band 2" / "b.tif").mkdir()  # a rename onto a directory fails
+    (tmp_path / "Band 2" / "b.tif" / "x").write_bytes(b"")
+
+    outcomes = directories.put_in_place(batch)
+
+    assert [type(error).__name__ if error else None for error in outcomes] == [
+        None,
+        "IsADirectoryError",
+        None,
+    ]
+    assert (tmp_path / "Band 1" / "a.tif").read_bytes() == b"Band 1/a.tif"
+    assert (tmp_path / "Band 3" / "c.tif").read_bytes() == b"Band 3/c.tif"
+    assert not list(tmp_path.rglob("*" + localfs.TEMP_SUFFIX))  # the failed one removed
+    directories.close()
+    assert _open_fds() == before

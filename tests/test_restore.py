@@ -246,6 +246,14 @@ def test_an_interrupted_restore_resumes(setup: Setup, s3_proxy: S3Proxy) -> None
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert s3_proxy.requests["GET object"] < 150
+    # Recorded as downloaded only once complete under its final name; a file under
+    # its final name is complete.
+    recorded = setup.db("SELECT key FROM restores WHERE downloaded_at IS NOT NULL")
+    for (key,) in recorded:
+        name = key.rsplit("/", 1)[1]
+        assert (folder / name).read_bytes() == expected[name][0], name
+    for path in folder.glob("*.tif"):
+        assert path.read_bytes() == expected[path.name][0], path
 
     result = setup.run("restore")
 
