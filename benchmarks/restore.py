@@ -269,7 +269,10 @@ def main() -> None:
                     measure = runner.run(label, name, peer_argv, env)
                     copy = dest
                 checks[id(measure)] = tree_of(copy) == expected
-                shutil.rmtree(dest, ignore_errors=True)
+                # The copies stay until the end: on ext4 without a journal (this
+                # machine's /) every inode allocation skips inodes deleted in the
+                # last 5 minutes, one lookup each, so deleting a copy made the
+                # next run pay for it (its system time grew run after run).
                 downloads.append(measure)
         measures += downloads
         pyspy = args.peers_venv / "bin" / "py-spy"
