@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -113,14 +114,7 @@ class FastPut:
         request = HttpRequest(
             "GET", f"{path}?versionId={quote(version_id, safe='')}", HttpHeaders([("Host", host)])
         )
-        body = bytearray()
-
-        def on_body(chunk: bytes, offset: int, **_: Any) -> None:
-            if offset != len(body):  # one request: the bytes come in order
-                raise RequestFailed(
-                    "GetObject", "", f"body chunk at {offset}, {len(body)} expected"
-                )
-            body.extend(chunk)
+        body, on_body = _collector("GetObject")
 
         single = max(MIN_PART, size + 1)  # one ranged GET covers the whole object
         headers = self._send(
@@ -140,14 +134,7 @@ class FastPut:
             f"{name}={quote(value, safe='')}" if value else name for name, value in params
         )
         request = HttpRequest("GET", f"{path}?{query}", HttpHeaders([("Host", host)]))
-        body = bytearray()
-
-        def on_body(chunk: bytes, offset: int, **_: Any) -> None:
-            if offset != len(body):
-                raise RequestFailed(
-                    "ListObjectVersions", "", f"body chunk at {offset}, {len(body)} expected"
-                )
-            body.extend(chunk)
+        body, on_body = _collector("ListObjectVersions")
 
         self._send(
             "ListObjectVersions",
@@ -215,6 +202,19 @@ class FastPut:
             raise _failure(answer, operation)
         headers: dict[str, str] = answer.get("headers", {})
         return headers
+
+
+def _collector(operation: str) -> tuple[bytearray, Callable[..., None]]:
+    """A buffer and the on_body callback that fills it: one request, so the bytes
+    come in order."""
+    body = bytearray()
+
+    def on_body(chunk: bytes, offset: int, **_: Any) -> None:
+        if offset != len(body):
+            raise RequestFailed(operation, "", f"body chunk at {offset}, {len(body)} expected")
+        body.extend(chunk)
+
+    return body, on_body
 
 
 def _failure(answer: dict[str, Any], operation: str) -> RequestFailed:

@@ -7,7 +7,6 @@ import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 from xml.etree import ElementTree
@@ -16,7 +15,14 @@ from botocore.exceptions import ClientError
 
 from matricula_backup.errors import ChecksumMismatch, RequestFailed
 from matricula_backup.model import ListedObject
-from matricula_backup.s3.client import FAST_PUT_MAX, READ_CHUNK, S3_ERRORS, Store, error_code
+from matricula_backup.s3.client import (
+    FAST_PUT_MAX,
+    READ_CHUNK,
+    S3_ERRORS,
+    Store,
+    error_code,
+    parse_timestamp,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +146,7 @@ def parse_versions(body: bytes) -> tuple[list[Version], tuple[str, str] | None]:
                     decode(fields["Key"]),
                     fields.get("VersionId") or "null",
                     int(fields.get("Size") or 0),
-                    _milliseconds(fields["LastModified"]),
+                    int(parse_timestamp(fields["LastModified"]).timestamp() * 1000),
                     fields.get("StorageClass") or "STANDARD",
                     element.tag == marker,
                     fields.get("IsLatest") == "true",
@@ -156,14 +162,6 @@ def parse_versions(body: bytes) -> tuple[list[Version], tuple[str, str] | None]:
     if not following:
         raise RequestFailed("ListObjectVersions", "", "a truncated page without NextKeyMarker")
     return entries, (following, root.findtext(f"{ns}NextVersionIdMarker") or "")
-
-
-def _milliseconds(value: str) -> int:
-    """S3's ISO 8601 time ('2026-12-06T22:37:01.000Z') in milliseconds since the epoch."""
-    moment = datetime.fromisoformat(value)
-    if moment.tzinfo is None:
-        raise ValueError("LastModified")
-    return int(moment.timestamp() * 1000)
 
 
 def _botocore_versions(
