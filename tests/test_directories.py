@@ -175,3 +175,29 @@ def test_files_are_put_in_place_only_when_durable_and_a_failed_rename_is_reporte
     assert not list(tmp_path.rglob("*" + localfs.TEMP_SUFFIX))  # the failed one removed
     directories.close()
     assert _open_fds() == before
+
+
+def test_a_temporary_file_swapped_for_a_symlink_before_its_rename_writes_nothing_through_it(
+    tmp_path: Path,
+) -> None:
+    """A local user who can write in the directory swaps the finished temporary file
+    for a symlink to a file of someone else before put_in_place: the rename moves
+    the link itself; the file it points to keeps its bytes and mode."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"must stay")
+    victim.chmod(0o600)
+    root = tmp_path / "root"
+    directories = localfs.Directories()
+    with directories.create(str(root), ["Band 1", "a.tif"], 0o755) as output:
+        output.write(b"restored")
+        written = output.finish(localfs.Attributes(0o4755, None, None, True), None)
+    temp = root / "Band 1" / written.temp
+    temp.unlink()
+    temp.symlink_to(victim)
+
+    assert directories.put_in_place([written]) == [None]
+    directories.close()
+
+    assert victim.read_bytes() == b"must stay"
+    assert victim.stat().st_mode & 0o7777 == 0o600
+    assert (root / "Band 1" / "a.tif").is_symlink()  # the entry itself was moved
