@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,86 @@ def test_a_file_changed_back_after_an_unconfirmed_upload_is_uploaded_again(
 
     assert result.returncode == 0, result.stdout + result.stderr
     _assert_bucket_and_db_match_tree(setup, s3, folder)  # fails: the bucket's latest is B
+
+
+def _restore_until_requested(setup: Setup, folder: Path) -> dict[str, tuple[bytes, int]]:
+    """Back up the folder, lose it, and ask for its restore (moto restores at once)."""
+    expected = {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file()
+    }
+    assert setup.run().returncode == 0
+    shutil.rmtree(folder)
+    first = setup.run("restore")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"restore requested now: {len(expected)} files" in first.stdout
+    return expected
+
+
+def _assert_restored(folder: Path, expected: dict[str, tuple[bytes, int]]) -> None:
+    found = {str(p.relative_to(folder)): p for p in folder.rglob("*") if p.is_file()}
+    assert set(found) == set(expected)
+    for rel, (data, mtime_ns) in expected.items():
+        assert found[rel].read_bytes() == data, rel
+        assert found[rel].stat().st_mtime_ns == mtime_ns, rel
+
+
+@pytest.mark.parametrize("crt", [True, False], ids=["crt", "botocore"])
+def test_a_restore_completes_through_30_percent_failing_requests(
+    setup: Setup, faults: S3Proxy, crt: bool
+) -> None:
+    """Small files are fetched by the restore's main thread through the CRT, the large
+    one by a worker: both retry, and every file comes back verified."""
+    folder = _make_tree(setup, "Band", 40)
+    setup.file("Band/big.tif", random.Random(2).randbytes(9 * MiB))  # above FAST_PUT_MAX
+    setup.write_config(
+        backup__folders=[str(folder)],
+        backup__workers=4,
+        aws__max_attempts=10,
+        aws__crt=crt,
+    )
+    expected = _restore_until_requested(setup, folder)
+    faults.configure(rate=0.3, kinds=("slowdown", "internal", "drop"))
+
+    result = setup.run("restore")
+
+    faults.off()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "downloaded and verified: 41 files" in result.stdout
+    assert faults.faulted["GET object"] >= 5, faults.faulted
+    _assert_restored(folder, expected)
+    assert not list(folder.rglob("*.matricula-restore"))
+
+
+def test_downloads_failing_every_attempt_are_reported_and_the_next_run_restores_them(
+    setup: Setup, faults: S3Proxy
+) -> None:
+    folder = _make_tree(setup, "Band", 20)
+    setup.write_config(backup__folders=[str(folder)], aws__max_attempts=2)
+    expected = _restore_until_requested(setup, folder)
+    faults.configure(rate=1.0, kinds=("slowdown", "internal", "drop"), only={"GET object"})
+
+    result = setup.run("restore")
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert faults.faulted["GET object"] >= 20, faults.faulted
+    assert faults.requests["GET object"] == 0
+    # One problem per file, none written, not even a temporary file.
+    assert not [p for p in folder.rglob("*") if not p.is_dir()]
+    errors = setup.db("SELECT key, error FROM restores WHERE error IS NOT NULL")
+    assert len(errors) == 20
+    for key, error in errors:
+        assert any(
+            text in error
+            for text in ("SlowDown", "InternalError", "socket is closed", "Connection")
+        ), (key, error)
+    assert setup.db("SELECT count(*) FROM restores WHERE downloaded_at IS NOT NULL") == [(0,)]
+
+    faults.off()
+    result = setup.run("restore")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "downloaded and verified: 20 files" in result.stdout
+    _assert_restored(folder, expected)
+    assert setup.db("SELECT count(*) FROM restores WHERE error IS NOT NULL") == [(0,)]

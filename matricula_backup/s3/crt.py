@@ -121,6 +121,11 @@ class FastPut:
             throughput_target_gbps=10.0,
         )
 
+    @staticmethod
+    def timeout(size: int) -> float:
+        """How long a request for ``size`` bytes may take before it is given up."""
+        return BASE_TIMEOUT + size / SLOWEST_BYTES_PER_SECOND
+
     def _where(self, bucket: str, key: str) -> tuple[str, str]:
         path = "/" + quote(key, safe="/~")
         if self.path_style:
@@ -130,26 +135,47 @@ class FastPut:
     def get_object(
         self, bucket: str, key: str, version_id: str, size: int
     ) -> tuple[dict[str, str], bytes]:
-        """GET one version of ``size`` bytes in one request; (headers, body).
+        """GET one version of ``size`` bytes in one request and wait; (headers, body).
 
         The body is held in memory: only for objects up to ``s3.FAST_PUT_MAX``.
         """
+        got: tuple[dict[str, str], bytes] = _wait(
+            "GetObject",
+            size,
+            lambda done: self.start_get(bucket, key, version_id, size, done),
+        )
+        return got
+
+    def start_get(
+        self,
+        bucket: str,
+        key: str,
+        version_id: str,
+        size: int,
+        done: Callable[[tuple[dict[str, str], bytes] | RequestFailed], None],
+    ) -> s3.S3Request:
+        """Start the GET of ``get_object`` without waiting; ``done`` gets (headers,
+        body) or the RequestFailed, on a CRT thread. The caller enforces
+        ``timeout(size)`` (``cancel()`` the request returned: ``done`` then
+        gets the failure)."""
         host, path = self._where(bucket, key)
         request = HttpRequest(
             "GET", f"{path}?versionId={quote(version_id, safe='')}", HttpHeaders([("Host", host)])
         )
         body, on_body = _collector("GetObject")
 
+        def finish(answer: dict[str, str] | RequestFailed) -> None:
+            done(answer if isinstance(answer, RequestFailed) else (answer, bytes(body)))
+
         single = max(MIN_PART, size + 1)  # one ranged GET covers the whole object
-        headers = self._send(
+        return self._start(
             "GetObject",
             request,
-            size,
+            finish,
             type=s3.S3RequestType.GET_OBJECT,
             part_size=single,
             on_body=on_body,
         )
-        return headers, bytes(body)
 
     def list_object_versions(self, bucket: str, params: list[tuple[str, str]]) -> bytes:
         """One ListObjectVersions page: the XML body of the answer (objects.py reads it)."""
@@ -196,12 +222,23 @@ class FastPut:
     ) -> dict[str, str]:
         """Send one request and wait for it, bounded by its size; the answer's headers
         (lower-case names), or RequestFailed with S3's code and message."""
+        headers: dict[str, str] = _wait(
+            operation,
+            size,
+            lambda done: self._start(operation, request, done, **options),
+        )
+        return headers
+
+    def _start(
+        self,
+        operation: str,
+        request: HttpRequest,
+        done: Callable[[dict[str, str] | RequestFailed], None],
+        **options: Any,
+    ) -> s3.S3Request:
+        """Send one request; ``done`` gets the answer's headers (lower-case names) or
+        RequestFailed with S3's code and message, on a CRT thread."""
         answer: dict[str, Any] = {}
-        # A bare lock, released by on_done on a CRT thread: an Event's set()
-        # (Condition.notify_all) was 8.5% of the GIL-holding samples of a
-        # 20,000-file restore, more than the rest of this method.
-        finished = threading.Lock()
-        finished.acquire()
 
         def on_headers(status_code: int, headers: list[tuple[str, str]], **_: Any) -> None:
             _keep_thread_state()
@@ -214,20 +251,38 @@ class FastPut:
             **_: Any,
         ) -> None:
             _keep_thread_state()
-            answer.update(error=error, status=status_code, body=error_body or b"")
-            finished.release()
+            if error is None:
+                done(answer.get("headers", {}))
+            else:
+                answer.update(error=error, status=status_code, body=error_body or b"")
+                done(_failure(answer, operation))
 
-        sent = self.client.make_request(
+        return self.client.make_request(
             request=request, on_headers=on_headers, on_done=on_done, **options
         )
-        timeout = BASE_TIMEOUT + size / SLOWEST_BYTES_PER_SECOND
-        if not finished.acquire(timeout=timeout):
-            sent.cancel()
-            raise RequestFailed(operation, "Timeout", f"no answer in {timeout:.0f} s")
-        if answer["error"] is not None:
-            raise _failure(answer, operation)
-        headers: dict[str, str] = answer.get("headers", {})
-        return headers
+
+
+def _wait(operation: str, size: int, start: Callable[[Callable[[Any], None]], s3.S3Request]) -> Any:
+    """Start a request with ``start(done)`` and wait for what ``done`` is given;
+    RequestFailed if that is one, or if no answer came in ``FastPut.timeout(size)``."""
+    got: list[Any] = []
+    # A bare lock, released on a CRT thread: an Event's set() (Condition.notify_all)
+    # was 8.5% of the GIL-holding samples of a 20,000-file restore.
+    finished = threading.Lock()
+    finished.acquire()
+
+    def done(result: Any) -> None:
+        got.append(result)
+        finished.release()
+
+    sent = start(done)
+    limit = FastPut.timeout(size)
+    if not finished.acquire(timeout=limit):
+        sent.cancel()
+        raise RequestFailed(operation, "Timeout", f"no answer in {limit:.0f} s")
+    if isinstance(got[0], RequestFailed):
+        raise got[0]
+    return got[0]
 
 
 def _collector(operation: str) -> tuple[bytearray, Callable[..., None]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
@@ -270,23 +270,58 @@ def download(
     ``expected`` is what a HEAD said of the object; without one, the GET's own
     headers say it (mtime, SHA-256, the rest of the metadata).
     """
-    if store.fast_put is not None and size <= FAST_PUT_MAX:
+    if can_start_download(store, size):
         # Through the CRT (crt.py), like small PUTs: a third of botocore's CPU.
+        assert store.fast_put is not None
         store.counter("GetObject")
-        headers, data = store.fast_put.get_object(bucket, key, version_id, size)
-        metadata = {
-            name[len("x-amz-meta-") :]: value
-            for name, value in headers.items()
-            if name.startswith("x-amz-meta-")
-        }
-        answer = {
-            "Restore": headers.get("x-amz-restore"),
-            "StorageClass": headers.get("x-amz-storage-class", "STANDARD"),
-            "Metadata": metadata,
-        }
-        return Download(data, expected or _state(answer), size)
+        answer = store.fast_put.get_object(bucket, key, version_id, size)
+        return received(answer, size, expected)
     response = store.client.get_object(Bucket=bucket, Key=key, VersionId=version_id)
     return Download(response["Body"], expected or _state(response), size)
+
+
+def can_start_download(store: Store, size: int) -> bool:
+    """Whether ``start_download`` can fetch a version of ``size`` bytes."""
+    return store.fast_put is not None and size <= FAST_PUT_MAX
+
+
+def start_download(
+    store: Store,
+    bucket: str,
+    key: str,
+    version_id: str,
+    size: int,
+    done: Callable[[tuple[dict[str, str], bytes] | RequestFailed], None],
+) -> tuple[Any, float]:
+    """Start the GET of a version of ``size`` bytes (``can_start_download``) without
+    waiting: ``done`` gets, on another thread, what ``received`` turns into a
+    Download, or the RequestFailed (InvalidObjectState if not readable).
+
+    Returns the request and the seconds after which the caller gives it up
+    (``cancel()``: ``done`` then gets the failure).
+    """
+    assert store.fast_put is not None
+    store.counter("GetObject")
+    sent = store.fast_put.start_get(bucket, key, version_id, size, done)
+    return sent, store.fast_put.timeout(size)
+
+
+def received(
+    answer: tuple[dict[str, str], bytes], size: int, expected: ObjectState | None = None
+) -> Download:
+    """The Download of a CRT GET's (headers, body)."""
+    headers, data = answer
+    metadata = {
+        name[len("x-amz-meta-") :]: value
+        for name, value in headers.items()
+        if name.startswith("x-amz-meta-")
+    }
+    state = {
+        "Restore": headers.get("x-amz-restore"),
+        "StorageClass": headers.get("x-amz-storage-class", "STANDARD"),
+        "Metadata": metadata,
+    }
+    return Download(data, expected or _state(state), size)
 
 
 def parse_mtime(value: str | None) -> int | None:
