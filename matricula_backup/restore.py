@@ -558,7 +558,8 @@ def _work(
             _, _, limit = fetching.pop(number)
             if number in timed_out:
                 timed_out.discard(number)
-                answer = RequestFailed("GetObject", "Timeout", f"no answer in {limit:.0f} s")
+                if isinstance(answer, RequestFailed):  # not a success that beat the cancel
+                    answer = RequestFailed("GetObject", "Timeout", f"no answer in {limit:.0f} s")
             try:
                 result = _write_answer(item, answer, options, directories)
             except Exception as exc:  # a fault of ours: this object fails, not the run
