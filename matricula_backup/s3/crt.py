@@ -10,10 +10,11 @@ needs about a third of that CPU (see benchmarks/RESULTS.md).
 Only single PUTs of files up to 8 MiB go this way (``s3.FAST_PUT_MAX``): the
 bytes were read and hashed by the caller,
 and the server checks them against ``x-amz-checksum-sha256``. A restore's GETs
-of objects up to 8 MiB go this way too (``get_object``; the caller checks size and
-SHA-256), and so do version listings (``list_object_versions``: objects.py reads
-the XML in 9-11 ms of the GIL per page of 1,000 versions, where botocore took
-20-22 ms to parse it plus 4 ms to parse it again looking for an error body).
+of objects up to 8 MiB go this way too (``get_object``, or ``start_get`` without
+waiting; the caller checks size and SHA-256), and so do version listings
+(``list_object_versions``: objects.py reads the XML in 9-11 ms of the GIL per
+page of 1,000 versions, where botocore took 20-22 ms to parse it plus 4 ms to
+parse it again looking for an error body).
 Everything else (buckets, multipart uploads, other listings, deletes, HEAD
 and RestoreObject) stays on botocore.
 """
