@@ -498,8 +498,7 @@ def _work(
             try:
                 result = _restore_one(store, item, options, directories)
             except Exception as exc:  # a fault of ours: this object fails, not the run
-                logger.exception("restore %s", item.target)
-                result = _Result("error", f"internal error: {type(exc).__name__}: {exc}")
+                result = _internal_error(item, exc)
             finished.put((item, result, 0))
 
     def hand_over(item: _Item) -> None:
@@ -509,7 +508,7 @@ def _work(
 
     def may_fetch(item: _Item) -> bool:
         """Whether this thread can GET the object itself (if nothing is at its place)."""
-        if item.unsafe or (item.archived and not item.requested_before):
+        if item.unsafe or not _probably_readable(item):
             return False
         return objects.can_start_download(store, item.size)
 
@@ -563,8 +562,7 @@ def _work(
             try:
                 result = _write_answer(item, answer, options, directories)
             except Exception as exc:  # a fault of ours: this object fails, not the run
-                logger.exception("restore %s", item.target)
-                result = _Result("error", f"internal error: {type(exc).__name__}: {exc}")
+                result = _internal_error(item, exc)
             if result is None:  # not readable after all: HEAD and RestoreObject
                 hand_over(item._replace(archived=True, requested_before=False))
                 return
@@ -717,8 +715,7 @@ def _next_step(
             return _Result("present", "")
         if not options.overwrite and (state.mtime_ns is None or local.st_mtime_ns > state.mtime_ns):
             return _Result("kept_newer", "a local file newer than the backup exists")
-    elif not item.archived or item.requested_before:
-        # Probably readable by now: one GET instead of HEAD + GET.
+    elif _probably_readable(item):  # one GET instead of HEAD + GET
         try:
             return _download(store, item, options, None, directories)
         except client.S3_ERRORS as exc:
@@ -734,6 +731,17 @@ def _next_step(
         )
         return _Result("requested", "")
     return _download(store, item, options, state, directories)
+
+
+def _probably_readable(item: _Item) -> bool:
+    """Not archived, or its restore was asked for before: a GET is tried first."""
+    return not item.archived or item.requested_before
+
+
+def _internal_error(item: _Item, exc: Exception) -> _Result:
+    """A fault of ours while restoring one object: that object fails, not the run."""
+    logger.exception("restore %s", item.target)
+    return _Result("error", f"internal error: {type(exc).__name__}: {exc}")
 
 
 def _write_answer(
