@@ -22,6 +22,7 @@ one can be chosen, so they list first.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import os
@@ -54,6 +55,7 @@ logger = logging.getLogger(__name__)
 TIERS = {"bulk": "Bulk", "standard": "Standard"}
 BATCH = 1000
 PAGES_AHEAD = 4  # listing pages (1,000 entries each) fetched ahead of the downloads
+FIRST_PAGE = 100  # entries in the first listing page: the downloads start on its answer
 # Files written but not yet durable and in place: each holds its directory open, so
 # well below the usual limit of 1,024 descriptors.
 PLACE_BATCH = 256
@@ -259,7 +261,7 @@ def _listing(
     """
     for bucket, prefix, exact in targets:
         try:
-            for page in objects.list_versions(store, bucket, prefix):
+            for page in objects.list_versions(store, bucket, prefix, first_page=FIRST_PAGE):
                 yield (
                     bucket,
                     [
@@ -474,11 +476,13 @@ def _work(
     ``workers`` threads through one queue, in a window that keeps them fed.
 
     The answers and the workers' outcomes come back on one queue, in the order
-    they finish. About once a second this thread makes the files written
-    meanwhile durable and puts them in place (``Directories.put_in_place``: one
-    syncfs, then the renames), then records the outcomes, a batch of rows per
-    statement, and commits: a file is recorded as downloaded only once it is on
-    disk.
+    they finish. An answer frees its request slot as soon as it is taken: the
+    next GET starts before the file is written (``answered`` holds at most one
+    answer, since one is taken only when none waits). About once a second this
+    thread makes the files written meanwhile durable and puts them in place
+    (``Directories.put_in_place``: one syncfs, then the renames), then records
+    the outcomes, a batch of rows per statement, and commits: a file is recorded
+    as downloaded only once it is on disk.
     """
     window = workers * 4
     todo: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -490,6 +494,7 @@ def _work(
     numbers = itertools.count(1)
     written: list[tuple[_Item, localfs.Written]] = []
     results: list[tuple[_Item, str, str]] = []
+    answered: collections.deque[tuple[_Item, Any]] = collections.deque()  # to write
     last_commit = time.monotonic()
     directories = localfs.Directories()
 
@@ -559,16 +564,23 @@ def _work(
                 timed_out.discard(number)
                 if isinstance(answer, RequestFailed):  # not a success that beat the cancel
                     answer = RequestFailed("GetObject", "Timeout", f"no answer in {limit:.0f} s")
-            try:
-                result = _write_answer(item, answer, options, directories)
-            except Exception as exc:  # a fault of ours: this object fails, not the run
-                result = _internal_error(item, exc)
-            if result is None:  # not readable after all: HEAD and RestoreObject
-                hand_over(item._replace(archived=True, requested_before=False))
-                return
+            answered.append((item, answer))  # written once no request slot is free
+            return
+        queued -= 1
+        keep(item, answer)
+
+    def write_one() -> None:
+        item, answer = answered.popleft()
+        try:
+            result = _write_answer(item, answer, options, directories)
+        except Exception as exc:  # a fault of ours: this object fails, not the run
+            result = _internal_error(item, exc)
+        if result is None:  # not readable after all: HEAD and RestoreObject
+            hand_over(item._replace(archived=True, requested_before=False))
         else:
-            queued -= 1
-            result = answer
+            keep(item, result)
+
+    def keep(item: _Item, result: _Result) -> None:
         if result.written is not None:
             written.append((item, result.written))
         else:
@@ -578,9 +590,12 @@ def _work(
         """Take outcomes until ``room()`` (or nothing is left); place and record those
         due."""
         nonlocal last_commit
-        while (queued or fetching) and not room():
-            take_one()
-        due = not (queued or fetching) or time.monotonic() - last_commit > 1
+        while (queued or fetching or answered) and not room():
+            if answered:
+                write_one()
+            else:
+                take_one()
+        due = not (queued or fetching or answered) or time.monotonic() - last_commit > 1
         if due and fetching:
             expire()
         if (due or len(written) >= PLACE_BATCH) and written:
