@@ -95,20 +95,26 @@ class ObjectState:
 
 
 def list_versions(
-    store: Store, bucket: str, prefix: str, page_size: int = 1000
+    store: Store, bucket: str, prefix: str, page_size: int = 1000, first_page: int = 0
 ) -> Iterator[list[Version]]:
     """Every version and delete marker under ``prefix``, a page (of up to
     ``page_size``) at a time, in the listing's order (by key; a key's versions
-    newest first)."""
+    newest first).
+
+    ``first_page`` (through the CRT) asks for a smaller first page, whose answer
+    comes sooner: a server takes time in proportion to the page (SeaweedFS
+    ~0.25 s for 1,000 versions), and a restore can start its downloads then.
+    """
     if store.fast_put is None:
         yield from _botocore_versions(store, bucket, prefix, page_size)
         return
     marker: tuple[str, str] | None = ("", "")
+    size = first_page or page_size
     while marker is not None:
         params = [
             ("versions", ""),
             ("encoding-type", "url"),
-            ("max-keys", str(page_size)),
+            ("max-keys", str(size)),
             ("prefix", prefix),
         ]
         if marker[0]:
@@ -118,6 +124,7 @@ def list_versions(
         if following == marker:
             raise RequestFailed("ListObjectVersions", "", "the listing did not advance")
         marker = following
+        size = page_size
         yield entries
 
 
