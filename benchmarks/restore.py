@@ -307,8 +307,9 @@ def main() -> None:
         "    " + " ".join(sys.argv),
         "",
         "| run | tool | wall s | CPU s | server CPU s | proxy CPU s | peak RSS MiB "
-        "| S3 requests | copy complete |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| S3 requests | first request s | last answer to exit s | mean in flight "
+        "| copy complete |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m in measures:
         check = checks.get(id(m))
@@ -316,6 +317,8 @@ def main() -> None:
             f"| {m.name} | {m.tool} | {m.wall:.1f} | {m.cpu:.1f} | {m.server_cpu:.1f} | "
             f"{m.proxy_cpu:.1f} | {m.rss_mib:.0f} | "
             f"{m.total_requests:,}: {_fmt_requests(m.requests)} | "
+            f"{_fmt_seconds(m.first_request)} | {_fmt_seconds(m.after_last)} | "
+            f"{'' if m.in_flight is None else f'{m.in_flight:.1f}'} | "
             f"{'' if check is None else ('yes' if check else 'NO')}"
             f"{' (' + m.note + ')' if m.note else ''} |"
         )
@@ -336,6 +339,10 @@ def main() -> None:
     args.out.write_text(report)
     print(report)
     shutil.rmtree(work, ignore_errors=True)
+
+
+def _fmt_seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":

@@ -134,6 +134,9 @@ class S3Proxy(ThreadingHTTPServer):
         self.bandwidth = bandwidth_mib * 1024 * 1024  # bytes/s per connection and direction
         self.requests: Counter[str] = Counter()
         self.log: list[str] = []
+        # (time.monotonic() when a forwarded S3 request's headers were read, when
+        # the server's answer came back): where a client's time goes (benchmarks)
+        self.spans: list[tuple[float, float]] = []
         self.errors = 0  # requests the proxy could not forward (answered 502)
         self.status: Counter[int] = Counter()  # upstream status codes
         self.in_flight: Counter[str] = Counter()
@@ -172,6 +175,7 @@ class S3Proxy(ThreadingHTTPServer):
         with self._lock:
             self.requests.clear()
             self.log.clear()
+            self.spans.clear()
             self.payloads.clear()
             self.status.clear()
             self.errors = 0
@@ -191,6 +195,14 @@ class S3Proxy(ThreadingHTTPServer):
     def record_payload(self, label: str, path: str, payload: str) -> None:
         with self._lock:
             self.payloads.append((label, path, payload))
+
+    def spans_snapshot(self) -> list[tuple[float, float]]:
+        with self._lock:
+            return list(self.spans)
+
+    def record_span(self, began: float, answered: float) -> None:
+        with self._lock:
+            self.spans.append((began, answered))
 
     def record_status(self, status: int) -> None:
         with self._lock:
@@ -451,6 +463,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Forward the request and its answer (counted under ``label`` unless None)."""
         if label is not None:
             self.server.record(label, self.command, self.path)
+        began = time.monotonic()
         stream = not self._chunked() and self._length() > STREAM_ABOVE
         try:
             if stream:
@@ -467,6 +480,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(502, "upstream failed")
             return
         self.server.record_status(response.status)
+        if label is not None:
+            self.server.record_span(began, time.monotonic())
         self.send_response(response.status, response.reason)
         head = self.command == "HEAD"
         for key, value in response.getheaders():

@@ -33,6 +33,11 @@ class Measure:
     state_db: int | None = None  # bytes of state.db (+ WAL) after the run
     files: int = 0
     repeats: list[float] = field(default_factory=list)  # wall times of all repeats
+    # From the proxy's spans: seconds from the start to the first request, from the
+    # last answer to the exit, and the mean of requests in flight between the two.
+    first_request: float | None = None
+    after_last: float | None = None
+    in_flight: float | None = None
     note: str = ""
     stdout: str = ""
     stderr: str = ""
@@ -41,6 +46,21 @@ class Measure:
     @property
     def total_requests(self) -> int:
         return sum(self.requests.values())
+
+
+def _timeline(
+    measure: Measure, spans: list[tuple[float, float]], started: float, ended: float
+) -> None:
+    """Where a run's wall time went, from the proxy's (began, answered) spans of its
+    requests (time.monotonic(), the same clock in the helper and in the proxy)."""
+    if not spans:
+        return
+    first = min(began for began, _ in spans)
+    last = max(answered for _, answered in spans)
+    measure.first_request = first - started
+    measure.after_last = ended - last
+    if last > first:
+        measure.in_flight = sum(answered - began for began, answered in spans) / (last - first)
 
 
 def _cpu_of_pid(pid: int | None) -> float:
@@ -68,7 +88,7 @@ for line in sys.stdin:
     actions = [(os.POSIX_SPAWN_OPEN, 1, job["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
                (os.POSIX_SPAWN_OPEN, 2, job["err"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644),
                (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0)]
-    start = time.perf_counter()
+    start, started = time.perf_counter(), time.monotonic()
     try:
         pid = os.posix_spawnp(job["argv"][0], job["argv"], job["env"], file_actions=actions,
                               setsid=True)
@@ -87,10 +107,11 @@ for line in sys.stdin:
     timer.start()
     _, status, usage = os.wait4(pid, 0)
     wall = time.perf_counter() - start
+    ended = time.monotonic()
     timer.cancel()
-    print(json.dumps({"wall": wall, "cpu": usage.ru_utime + usage.ru_stime,
-                      "maxrss_kib": usage.ru_maxrss, "rc": os.waitstatus_to_exitcode(status),
-                      "killed": bool(killed)}), flush=True)
+    print(json.dumps({"wall": wall, "started": started, "ended": ended,
+                      "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss,
+                      "rc": os.waitstatus_to_exitcode(status), "killed": bool(killed)}), flush=True)
 """
 
 
@@ -202,6 +223,7 @@ class Runner:
         if self.proxy is not None:
             time.sleep(0.05)
             measure.requests = self.proxy.snapshot()
+            _timeline(measure, self.proxy.spans_snapshot(), answer["started"], answer["ended"])
         measure.stdout = Path(f"{stem}.out").read_text(errors="replace")[-4000:]
         measure.stderr = Path(f"{stem}.err").read_text(errors="replace")[-4000:]
         if answer["killed"]:
@@ -216,6 +238,13 @@ class Runner:
             f"requests {measure.total_requests}",
             flush=True,
         )
+        if measure.in_flight is not None:
+            print(
+                f"    first request after {measure.first_request:.2f} s, last answer "
+                f"{measure.after_last:.2f} s before the exit, {measure.in_flight:.1f} "
+                "requests in flight on average between",
+                flush=True,
+            )
         if not measure.ok:
             print(f"    ! {measure.note}: {measure.stderr.strip()[-800:]}", flush=True)
         return measure
