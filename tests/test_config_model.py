@@ -206,9 +206,10 @@ def test_version_does_not_import_pydantic() -> None:
     """--version and --help stay fast: the model is loaded only to read or write a config."""
     probe = (
         "import sys\n"
-        "from matricula_backup.cli import main\n"
+        # app(), not main(): main() ends the process (cli._exit) before the print.
+        "from matricula_backup.cli import app\n"
         "sys.argv = ['matricula-backup', '--version']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
         "print('pydantic' in sys.modules, 'matricula_backup.config_model' in sys.modules)\n"
     )
     result = subprocess.run(

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +49,59 @@ def test_version_prints_the_version() -> None:
     result = subprocess.run([CLI, "--version"], capture_output=True, text=True)
 
     assert result.returncode == 0 and re.fullmatch(r"matricula-backup \S+\n", result.stdout)
+
+
+def _exit_probe(body: str) -> subprocess.CompletedProcess[str]:
+    """Python code that ends with cli._exit, run in a process of its own."""
+    code = f"import logging, sys, threading, time\nfrom matricula_backup import cli\n{body}"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_the_fast_exit_flushes_what_was_printed_and_logged(tmp_path: Path) -> None:
+    """cli._exit skips the interpreter's teardown, not the streams' or the log's last bytes."""
+    log = tmp_path / "run.log"
+    result = _exit_probe(
+        f"logging.basicConfig(filename={str(log)!r}, level=logging.INFO)\n"
+        "print('x' * 200_000)\n"  # more than a pipe's buffer: written at the flush
+        "print('to stderr', file=sys.stderr)\n"
+        "logging.getLogger('probe').info('the last line')\n"
+        "cli._exit(1)\n"
+    )
+
+    assert result.returncode == 1
+    assert result.stdout == "x" * 200_000 + "\n" and result.stderr == "to stderr\n"
+    assert log.read_text().endswith("the last line\n")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"), [(None, 0, ""), (2, 2, ""), ("no", 1, "no\n")]
+)
+def test_the_fast_exit_takes_what_sys_exit_takes(code: object, status: int, stderr: str) -> None:
+    result = _exit_probe(f"cli._exit({code!r})\n")
+
+    assert (result.returncode, result.stderr) == (status, stderr)
+
+
+def test_the_fast_exit_waits_for_a_thread_still_at_work(tmp_path: Path) -> None:
+    """A thread that has not finished (a bug elsewhere) is not cut off: the normal exit joins it."""
+    done = tmp_path / "done"
+    result = _exit_probe(
+        "def work():\n"
+        "    time.sleep(0.3)\n"
+        f"    open({str(done)!r}, 'w').write('written')\n"
+        "threading.Thread(target=work).start()\n"
+        "cli._exit(3)\n"
+    )
+
+    assert result.returncode == 3, result.stderr
+    assert done.read_text() == "written"
+
+
+def test_the_command_exits_with_its_code_and_output() -> None:
+    """The console script goes through cli.main and its fast exit: code 2 and its message."""
+    result = subprocess.run(
+        [CLI, "--cache", "/nonexistent-cache-dir"], capture_output=True, text=True
+    )
+
+    assert result.returncode == 2
+    assert "/nonexistent-cache-dir: no such directory" in result.stderr
