@@ -891,7 +891,8 @@ def _exit(code: object) -> NoReturn:
     and every file it wrote is closed. What a normal exit still does is done
     here too: the exit handlers (the log's handlers are flushed and closed) and
     the flush of stdout and stderr. A thread still at work (a bug) is not cut
-    off: the normal exit is taken, which waits for it.
+    off: the normal exit is taken, which waits for it; so it is under a
+    profiler or a debugger, which report after the program ends.
     """
     if code is None:
         status = 0
@@ -903,6 +904,8 @@ def _exit(code: object) -> NoReturn:
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(status)
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(status)  # python -m cProfile, a debugger: they write their results after us
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -105,3 +105,16 @@ def test_the_command_exits_with_its_code_and_output() -> None:
 
     assert result.returncode == 2
     assert "/nonexistent-cache-dir: no such directory" in result.stderr
+
+
+def test_under_a_profiler_the_exit_is_the_normal_one(tmp_path: Path) -> None:
+    """python -m cProfile -o FILE writes FILE after the program: the fast exit must not skip it."""
+    stats = tmp_path / "run.prof"
+    result = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(stats), "-m", "matricula_backup", "--version"],
+        capture_output=True,
+        text=True,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("matricula-backup ") and stats.stat().st_size > 0
