@@ -878,6 +878,21 @@ def main() -> None:
         _exit(exc.code)
 
 
+def _observed() -> bool:
+    """Whether a profiler, tracer or debugger watches this process.
+
+    Before Python 3.12 they hook in through sys.setprofile or sys.settrace;
+    from 3.12 cProfile (and coverage, pdb in 3.14) register a sys.monitoring
+    tool instead, which neither of those shows.
+    """
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        return True
+    monitoring = getattr(sys, "monitoring", None)
+    if monitoring is None:
+        return False
+    return any(monitoring.get_tool(tool) is not None for tool in range(6))  # tool ids 0-5
+
+
 def _exit(code: object) -> NoReturn:
     """End the process with ``code`` (as ``sys.exit`` takes it) without the interpreter's teardown.
 
@@ -904,7 +919,7 @@ def _exit(code: object) -> NoReturn:
     main_thread = threading.main_thread()
     if any(t is not main_thread and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(status)
-    if sys.getprofile() is not None or sys.gettrace() is not None:
+    if _observed():
         sys.exit(status)  # python -m cProfile, a debugger: they write their results after us
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
