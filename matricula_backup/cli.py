@@ -881,9 +881,9 @@ def main() -> None:
 def _observed() -> bool:
     """Whether a profiler, tracer or debugger watches this process.
 
-    Before Python 3.12 they hook in through sys.setprofile or sys.settrace;
-    from 3.12 cProfile (and coverage, pdb in 3.14) register a sys.monitoring
-    tool instead, which neither of those shows.
+    They hook in through sys.setprofile or sys.settrace, or, from Python 3.12,
+    as a sys.monitoring tool, which neither of those shows: cProfile does so
+    from 3.12, and coverage and pdb can.
     """
     if sys.getprofile() is not None or sys.gettrace() is not None:
         return True
