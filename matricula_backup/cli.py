@@ -925,6 +925,8 @@ def _exit(code: object) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):  # a closed pipe (| head): what Python answers then
+        except (OSError, ValueError):  # a closed pipe (| head)
+            # 120, as Python answers then; but a command that failed keeps its own
+            # code, where Python would turn it into 120 too.
             status = status or 120
     os._exit(status)

@@ -82,6 +82,23 @@ def test_the_fast_exit_takes_what_sys_exit_takes(code: object, status: int, stde
     assert (result.returncode, result.stderr) == (status, stderr)
 
 
+@pytest.mark.parametrize(("code", "status"), [(0, 120), (3, 3)])
+def test_the_fast_exit_on_a_closed_pipe(code: int, status: int) -> None:
+    """| head closed stdout: 120 as Python gives, unless the command failed with its own code."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # the flush fails
+    code_text = f"import sys\nfrom matricula_backup import cli\nprint('x')\ncli._exit({code})\n"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", code_text], stdout=write_end, stderr=subprocess.PIPE, env=env
+        )
+    finally:
+        os.close(write_end)
+
+    assert result.returncode == status, result.stderr
+
+
 def test_the_fast_exit_waits_for_a_thread_still_at_work(tmp_path: Path) -> None:
     """A thread that has not finished (a bug elsewhere) is not cut off: the normal exit joins it."""
     done = tmp_path / "done"
